@@ -1,0 +1,44 @@
+"""Typed errors. Every error that reaches a user names the file (or URI) and the problem."""
+
+from __future__ import annotations
+
+
+class LipSyncError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class MediaError(LipSyncError):
+    """A media file that cannot be used. ``str(err)`` is ``"<path>: <problem>"``."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class MediaNotFoundError(MediaError):
+    """The file or object does not exist or cannot be opened for reading."""
+
+
+class CorruptMediaError(MediaError):
+    """The container or a stream cannot be decoded."""
+
+
+class UnsupportedFormatError(MediaError):
+    """The file is not a format this project reads (or not media at all)."""
+
+
+class NoVideoStreamError(MediaError):
+    """A video was expected but the file has no video stream."""
+
+
+class NoAudioStreamError(MediaError):
+    """Audio was expected but the file has no audio stream."""
+
+
+class EmptyMediaError(MediaError):
+    """The file decodes but holds zero frames / zero samples / zero duration."""
+
+
+class SpeechError(LipSyncError):
+    """Text-to-speech failed (unknown language, empty text, engine not loadable)."""
