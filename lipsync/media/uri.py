@@ -1,0 +1,167 @@
+"""Where media lives: local paths and fsspec URIs (``s3://...``), read and written safely.
+
+Decoders and encoders (PyAV, OpenCV, soundfile) want real files, so remote objects are staged
+through temporary files. Outputs are always written under a temporary name and moved or uploaded
+into place only when complete, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+from fsspec.core import split_protocol
+
+from lipsync.errors import MediaNotFoundError
+
+_LOCAL_PROTOCOLS = {None, "file", "local"}
+
+UriLike = str | os.PathLike
+
+
+def is_remote(uri: UriLike) -> bool:
+    """True for ``s3://`` and any other fsspec protocol; plain paths and ``file://`` are local."""
+    protocol, _ = split_protocol(os.fspath(uri))
+    return protocol not in _LOCAL_PROTOCOLS
+
+
+def local_path(uri: UriLike) -> str:
+    """The filesystem path of a local ``uri`` (strips ``file://``)."""
+    text = os.fspath(uri)
+    protocol, path = split_protocol(text)
+    if protocol in ("file", "local"):
+        return path
+    return text
+
+
+def suffix_of(uri: UriLike) -> str:
+    """The lower-case extension of the last path component, with its dot (``".mp4"``) or ``""``."""
+    _, path = split_protocol(os.fspath(uri))
+    return Path(path.split("?", 1)[0]).suffix.lower()
+
+
+def storage_options() -> dict:
+    """fsspec/s3fs keyword arguments taken from the standard AWS environment variables.
+
+    s3fs does not reliably honour ``AWS_ENDPOINT_URL``, so the endpoint is passed explicitly;
+    credentials are left to botocore's own chain (env vars, profiles, instance roles).
+    """
+    opts: dict = {}
+    client_kwargs: dict = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        client_kwargs["region_name"] = region
+    if client_kwargs:
+        opts["client_kwargs"] = client_kwargs
+    return opts
+
+
+def _filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    protocol, _ = split_protocol(uri)
+    options = storage_options() if protocol in ("s3", "s3a") else {}
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    return fs, path
+
+
+@contextlib.contextmanager
+def local_input(uri: UriLike, suffix: str | None = None) -> Iterator[str]:
+    """Yield a local path holding the content of ``uri``.
+
+    Local files are yielded as they are. Remote objects are downloaded to a temporary file that
+    keeps the extension (decoders guess formats from it) and is deleted on exit.
+    """
+    text = os.fspath(uri)
+    if not is_remote(text):
+        path = local_path(text)
+        if not os.path.isfile(path):
+            problem = "is a directory, not a file" if os.path.isdir(path) else "no such file"
+            raise MediaNotFoundError(text, problem)
+        yield path
+        return
+
+    tmpdir = tempfile.mkdtemp(prefix="lipsync-in-")
+    try:
+        local = os.path.join(tmpdir, "input" + (suffix if suffix is not None else suffix_of(text)))
+        try:
+            fs, path = _filesystem(text)
+            fs.get_file(path, local)
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+            problem = f"cannot read object ({type(err).__name__}: {err})"
+            raise MediaNotFoundError(text, problem) from err
+        except OSError as err:
+            problem = f"cannot download ({type(err).__name__}: {err})"
+            raise MediaNotFoundError(text, problem) from err
+        yield local
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _temp_name_beside(final: str) -> str:
+    """A fresh hidden name in ``final``'s directory that keeps its extension (muxers need it)."""
+    directory, base = os.path.split(final)
+    suffix = Path(base).suffix
+    stem = base[: len(base) - len(suffix)] if suffix else base
+    return os.path.join(directory, f".{stem}.{uuid.uuid4().hex[:12]}.partial{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(uri: UriLike) -> Iterator[str]:
+    """Yield a temporary local path; on success it becomes ``uri``, on error it vanishes.
+
+    Local outputs are staged in the destination directory so the final ``os.replace`` is atomic
+    (same filesystem). Remote outputs are staged in a temp dir and uploaded only after the block
+    succeeded, so a failure never creates the object.
+    """
+    text = os.fspath(uri)
+    if is_remote(text):
+        tmpdir = tempfile.mkdtemp(prefix="lipsync-out-")
+        try:
+            tmp = os.path.join(tmpdir, "output" + suffix_of(text))
+            yield tmp
+            fs, path = _filesystem(text)
+            fs.put_file(tmp, path)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        return
+
+    final = os.path.abspath(local_path(text))
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = _temp_name_beside(final)
+    # Created with mode 0o666 so the umask applies as for any ordinary file (mkstemp would
+    # leave the result readable by its owner only).
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(uri: UriLike, data: bytes) -> None:
+    """Write ``data`` to ``uri`` atomically (local or remote)."""
+    with atomic_output(uri) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def read_bytes(uri: UriLike) -> bytes:
+    """The whole content of ``uri``; MediaNotFoundError if it does not exist or cannot be read."""
+    text = os.fspath(uri)
+    try:
+        if not is_remote(text):
+            with open(local_path(text), "rb") as f:
+                return f.read()
+        fs, path = _filesystem(text)
+        return fs.cat_file(path)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        raise MediaNotFoundError(text, f"cannot read ({type(err).__name__})") from err
