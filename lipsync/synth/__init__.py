@@ -1,0 +1,1 @@
+"""Synthetic talking-head data: visemes, mouth articulation, rendering and corpus generation."""
