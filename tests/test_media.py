@@ -35,6 +35,7 @@ from lipsync.media import (
     probe,
     read_bytes,
     read_image,
+    sample_frames,
     save_wav,
     storage_options,
     write_bytes,
@@ -506,3 +507,10 @@ def test_writer_keeps_audio_length_as_given(tmp_path, media_kit):
     samples, rate = load_audio_native(str(out))
     assert rate == 48000 and samples.shape[0] == 2
     assert samples.shape[1] == pytest.approx(3 * 48000, abs=480)
+
+
+def test_sample_frames_seeks_to_the_frame_on_screen(tmp_path, media_kit):
+    src = media_kit.write_video(tmp_path / "seek.mp4", 75, fps=25)
+    frames = sample_frames(str(src), [0.0, 1.0, 2.5, 2.96])
+    assert [media_kit.read_frame_number(f.image) for f in frames] == [0, 25, 62, 74]
+    assert [f.index for f in frames] == [0, 25, 62, 74]

@@ -13,7 +13,7 @@ from lipsync.media.uri import (
     storage_options,
     write_bytes,
 )
-from lipsync.media.video import VideoFrame, is_image_path, iter_frames, read_image
+from lipsync.media.video import VideoFrame, is_image_path, iter_frames, read_image, sample_frames
 from lipsync.media.writer import VideoWriter, encode_video
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "probe",
     "read_bytes",
     "read_image",
+    "sample_frames",
     "save_wav",
     "storage_options",
     "write_bytes",

@@ -225,3 +225,40 @@ def _resample(source: _Source, fps: float) -> Iterator[VideoFrame]:
     while k < total:
         yield output(k)
         k += 1
+
+
+def sample_frames(uri: UriLike, times: list[float]) -> list[VideoFrame]:
+    """Frames on screen at each of ``times`` (seconds from the first frame), found by seeking.
+
+    For a look at a few frames of a long file (``lipsync probe``) without decoding all of it.
+    ``index`` is the 25 fps frame number of the requested time.
+    """
+    name = os.fspath(uri)
+    if is_image_path(name):
+        image = read_image(uri)
+        return [VideoFrame(index=0, time=0.0, image=image) for _ in times[:1]]
+    out: list[VideoFrame] = []
+    with local_input(name) as path, open_media(path, name) as container:
+        stream = video_stream(container)
+        if stream is None:
+            raise NoVideoStreamError(name, "has no video stream")
+        tb = stream.time_base
+        start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        for t in sorted(times):
+            target = start + max(t, 0.0)
+            best = None
+            try:
+                container.seek(int(target / tb), stream=stream, backward=True, any_frame=False)
+                for frame in container.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    ft = float(frame.pts * tb)
+                    if best is not None and ft > target + _EPSILON:
+                        break
+                    best = (ft, frame)
+            except av.error.FFmpegError as err:
+                raise CorruptMediaError(name, f"cannot seek to {t:.2f} s: {err}") from err
+            if best is not None:
+                out.append(VideoFrame(index=int(round(t * 25)), time=best[0] - start,
+                                      image=_to_rgb(best[1], stream)))
+    return out

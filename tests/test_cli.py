@@ -1,0 +1,80 @@
+"""The `lipsync` command as users type it (in-process through `main`, plus one real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lipsync import __version__
+from lipsync.cli import main
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("synth", "tts", "probe"):
+        assert cmd in out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "subcommands" in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    exe = os.path.join(os.path.dirname(sys.executable), "lipsync")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"lipsync {__version__}"
+
+
+def test_tts_writes_wav_and_phonemes(tmp_path, capsys):
+    wav, js = tmp_path / "x.wav", tmp_path / "x.json"
+    assert main(["tts", "--text", "你好，世界", "--lang", "zh", "--out", str(wav), "--phonemes", str(js)]) == 0
+    assert wav.stat().st_size > 10000
+    data = json.loads(js.read_text())
+    assert data["phonemes"] and data["lang"]
+    assert "phonemes" in capsys.readouterr().out
+
+
+def test_tts_unknown_language_is_a_clear_error(tmp_path, capsys):
+    assert main(["tts", "--text", "hello", "--lang", "klingon", "--out", str(tmp_path / "x.wav")]) == 1
+    err = capsys.readouterr().err
+    assert "klingon" in err and "Traceback" not in err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_synth_then_probe(tmp_path, capsys):
+    out = tmp_path / "corpus"
+    assert main(["synth", "--out", str(out), "--num", "1", "--seconds", "1", "--size", "160", "--langs", "es"]) == 0
+    video = out / "clip_00000" / "video.mp4"
+    assert video.exists() and (out / "manifest.csv").exists()
+    capsys.readouterr()
+    assert main(["probe", str(video), "--samples", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "160x160" in text and "25.000 fps" in text and "found in 3/3" in text
+    assert main(["probe", str(video), "--json", "--samples", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["video"]["width"] == 160 and len(report["faces"]) == 2
+
+
+@pytest.mark.parametrize("content, problem", [(b"", "empty"), (b"\x00\x01garbage" * 50, "")])
+def test_probe_bad_file_names_it(tmp_path, capsys, content, problem):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(content)
+    assert main(["probe", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.mp4" in err and problem in err and "Traceback" not in err
+
+
+def test_probe_missing_file(tmp_path, capsys):
+    assert main(["probe", str(tmp_path / "nope.mov")]) == 1
+    assert "nope.mov" in capsys.readouterr().err
