@@ -118,12 +118,12 @@ def _recolour(rgb: np.ndarray, alpha: np.ndarray, lm: np.ndarray, rng: np.random
     face_h = float(np.ptp(lm[:MESH_POINTS, 1]))
     hair = np.clip((brow - yy) / (0.15 * face_h), 0, 1) * alpha
     skin = alpha * (1 - hair)
-    dl, da, db = rng.normal(0, 10), rng.normal(0, 4), rng.normal(0, 6)
+    dl, da, db = rng.uniform(-40, 8), rng.uniform(-2, 7), rng.uniform(-4, 14)
     lab[..., 0] += dl * skin
     lab[..., 1] += da * skin
     lab[..., 2] += db * skin
     # Hair: from dark brown/black to blond-ish, applied as a tint of its lightness and hue.
-    hl, ha, hb = rng.uniform(-45, 25), rng.normal(0, 5), rng.uniform(-15, 15)
+    hl, ha, hb = rng.uniform(-60, 20), rng.uniform(0, 8), rng.uniform(-4, 14)
     lab[..., 0] += hl * hair * (lab[..., 0] / 255.0 + 0.3)
     lab[..., 1] += ha * hair
     lab[..., 2] += hb * hair
