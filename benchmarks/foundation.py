@@ -108,7 +108,7 @@ def main() -> None:
 
     from lipsync.synth.identity import load_photo
 
-    photo = load_photo("astronaut.jpg")
+    photo = load_photo("bundled:astronaut.jpg")
     frames_512 = [np.roll(photo, i, axis=1) for i in range(30)]
     wide = np.full((1080, 1920, 3), 90, np.uint8)
     wide[:] = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), dtype=np.uint8), (0, 0), 5)

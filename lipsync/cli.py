@@ -36,12 +36,16 @@ def _add_synth(sub):
                    help="sentence split: 'test' sentences never appear in 'train' clips")
     p.add_argument("--langs", default=None, help="comma-separated languages (default en,es,zh,fr,de)")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--faces", default=None,
+                   help="folder of frontal portrait photos to build identities from (default: the bundled portrait)")
     p.set_defaults(func=cmd_synth)
 
 
 def cmd_synth(args) -> int:
     from lipsync.synth.corpus import make_corpus
+    from lipsync.synth.identity import photos_in
 
+    faces = photos_in(args.faces) if args.faces else None
     langs = [s.strip() for s in args.langs.split(",")] if args.langs else None
     t0 = time.perf_counter()
     done = []
@@ -52,7 +56,7 @@ def cmd_synth(args) -> int:
         print(f"[{len(done)}/{args.num}] {path} ({note})", flush=True)
 
     rows = make_corpus(args.out, args.num, seconds=args.seconds, seed=args.seed, jobs=args.jobs,
-                       progress=progress, size=args.size, split=args.split, langs=langs)
+                       progress=progress, size=args.size, split=args.split, langs=langs, faces=faces)
     print(f"{len(rows)} clips in {args.out} ({time.perf_counter() - t0:.1f} s); manifest: {args.out}/manifest.csv")
     return 0
 

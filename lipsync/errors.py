@@ -40,5 +40,10 @@ class EmptyMediaError(MediaError):
     """The file decodes but holds zero frames / zero samples / zero duration."""
 
 
+class NoFaceError(MediaError):
+    """A face was required (e.g. a corpus portrait) but none was found. Videos never raise this
+    for single frames: frames without a face pass through untouched."""
+
+
 class SpeechError(LipSyncError):
     """Text-to-speech failed (unknown language, empty text, engine not loadable)."""

@@ -107,3 +107,27 @@ def test_test_split_uses_held_out_sentences(tmp_path):
     meta = make_clip(tmp_path / "t", seed=2, seconds=1.0, size=96, split="test", langs=["en"])
     assert set(meta["text"]) <= set(sentences("en", "test"))
     assert json.loads((tmp_path / "t" / "meta.json").read_text())["split"] == "test"
+
+
+def test_user_portraits_build_identities_and_bad_ones_are_named(tmp_path):
+    import cv2
+
+    from lipsync.errors import MediaNotFoundError, NoFaceError
+    from lipsync.synth.identity import MAX_FACE_PX, load_photo, make_identity, photos_in
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    photo = load_photo("bundled:astronaut.jpg")
+    # A large photo: identities are scaled so the face is at most MAX_FACE_PX wide.
+    cv2.imwrite(str(faces / "big.png"), cv2.cvtColor(cv2.resize(photo, None, fx=3, fy=3), cv2.COLOR_RGB2BGR))
+    ident = make_identity(0, photos_in(faces))
+    assert ident.name == "big-0"
+    assert np.ptp(ident.landmarks[:468, 0]) <= MAX_FACE_PX + 2
+    meta = make_clip(tmp_path / "c", seed=1, seconds=1.0, size=128, faces=photos_in(faces))
+    assert meta["identity"].startswith("big-")
+    cv2.imwrite(str(faces / "wall.jpg"), cv2.cvtColor(photo[320:, 320:], cv2.COLOR_RGB2BGR))
+    with pytest.raises(NoFaceError, match="wall.jpg"):
+        make_identity(1, photos_in(faces))
+    with pytest.raises(MediaNotFoundError, match="empty"):
+        (tmp_path / "empty").mkdir()
+        photos_in(tmp_path / "empty")

@@ -69,8 +69,11 @@ def _speech_for(rng: np.random.Generator, lang: str, seconds: float, split: str)
 
 def make_clip(out_dir: str | os.PathLike, seed: int, seconds: float = 4.0, size: int | tuple[int, int] = 256,
               fps: float = 25.0, split: str = "train", langs: list[str] | None = None,
-              identity: int | None = None) -> dict:
-    """Render one clip into ``out_dir`` (created); returns its metadata. Deterministic for ``seed``."""
+              identity: int | None = None, faces: tuple[str, ...] | None = None) -> dict:
+    """Render one clip into ``out_dir`` (created); returns its metadata. Deterministic for ``seed``.
+
+    ``faces``: portrait files to build identities from (default: the bundled portrait).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     w, h = (size, size) if isinstance(size, int) else size
@@ -88,7 +91,7 @@ def make_clip(out_dir: str | os.PathLike, seed: int, seconds: float = 4.0, size:
     closure = np.clip(mouth.closure, 0, 1)
     blink = blink_track(rng, n, fps)
     motion = MotionTrack.random(rng, n, fps, amount=float(rng.uniform(0.5, 1.2)))
-    renderer = ClipRenderer(make_identity(ident_seed), (w, h), rng)
+    renderer = ClipRenderer(make_identity(ident_seed, tuple(faces) if faces else None), (w, h), rng)
     landmarks = np.zeros((n, 478, 2), np.float32)
     t0 = time.perf_counter()
     with VideoWriter(str(out / "video.mp4"), fps=fps, audio=audio, audio_rate=SAMPLE_RATE) as writer:

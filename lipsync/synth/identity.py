@@ -8,17 +8,24 @@ jaw, eye spacing, nose, mouth width, lip thickness) and colour changes of skin, 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from lipsync.errors import MediaNotFoundError, NoFaceError
 
 from .mouth import FaceFrame, close_mouth
 from .warp import anchor_ring, warp_region
 
 # Public-domain portraits shipped with the package (see lipsync/assets/faces/README.md).
-BASE_FACES = ("astronaut.jpg",)
+BUNDLED_PREFIX = "bundled:"
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Photos are scaled so the face is at most this wide: larger faces only slow the warps down.
+MAX_FACE_PX = 180
 MESH_POINTS = 468  # the iris points (468-477) are not used as warp controls
 
 
@@ -35,26 +42,51 @@ class Identity:
         return float(lm[:, 0].min()), float(lm[:, 1].min()), float(lm[:, 0].max()), float(lm[:, 1].max())
 
 
-def load_photo(name: str) -> np.ndarray:
-    data = resources.files("lipsync.assets").joinpath("faces", name).read_bytes()
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+def bundled_photos() -> tuple[str, ...]:
+    folder = resources.files("lipsync.assets").joinpath("faces")
+    names = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PHOTO_SUFFIXES))
+    return tuple(BUNDLED_PREFIX + n for n in names)
 
 
-def detect_landmarks(rgb: np.ndarray) -> np.ndarray:
+def photos_in(folder: str | os.PathLike) -> tuple[str, ...]:
+    """The portraits in a user's folder (for ``lipsync synth --faces DIR``)."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise MediaNotFoundError(str(d), "is not a folder of portrait photos")
+    found = tuple(str(p) for p in sorted(d.iterdir()) if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not found:
+        raise MediaNotFoundError(str(d), f"holds no photos ({', '.join(PHOTO_SUFFIXES)})")
+    return found
+
+
+def load_photo(source: str) -> np.ndarray:
+    """RGB pixels of a bundled portrait (``bundled:NAME``) or of an image file / URI."""
+    if source.startswith(BUNDLED_PREFIX):
+        name = source[len(BUNDLED_PREFIX):]
+        data = resources.files("lipsync.assets").joinpath("faces", name).read_bytes()
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    from lipsync.media.video import read_image
+
+    return read_image(source)
+
+
+def detect_landmarks(rgb: np.ndarray, source: str = "photo") -> np.ndarray:
     from lipsync.face import FaceDetector
 
     with FaceDetector(max_faces=1) as det:
         faces = det.detect(rgb)
     if not faces:
-        raise RuntimeError("the face mesh found no face in a corpus base photo")
+        raise NoFaceError(source, "no face found; the corpus needs a frontal portrait with one clear face")
     return faces[0].landmarks[:, :2].astype(np.float64)
 
 
 def person_alpha(rgb: np.ndarray) -> np.ndarray:
     import mediapipe as mp
 
-    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+    from lipsync.face.quiet import quiet_native_logs
+
+    with quiet_native_logs(), mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         mask = seg.process(rgb).segmentation_mask
     # A tight threshold and a slight erosion keep the photo's own backdrop from showing as a halo.
     mask = cv2.erode(mask.astype(np.float32), np.ones((3, 3), np.uint8), iterations=2)
@@ -132,15 +164,26 @@ def _recolour(rgb: np.ndarray, alpha: np.ndarray, lm: np.ndarray, rng: np.random
 
 
 @functools.lru_cache(maxsize=16)
-def make_identity(seed: int) -> Identity:
-    """A deterministic identity for ``seed``; seed 0 is the base photo itself, only re-posed."""
-    name = BASE_FACES[seed % len(BASE_FACES)]
-    rgb = load_photo(name)
+def make_identity(seed: int, photos: tuple[str, ...] | None = None) -> Identity:
+    """A deterministic identity for ``seed`` from one of ``photos`` (default: the bundled ones).
+
+    Seed 0 is the first photo itself, only re-posed; other seeds reshape and recolour.
+    """
+    photos = photos or bundled_photos()
+    source = photos[seed % len(photos)]
+    rgb = load_photo(source)
+    lm = detect_landmarks(rgb, source)
+    face_w = float(np.ptp(lm[:MESH_POINTS, 0]))
+    if face_w > MAX_FACE_PX:
+        k = MAX_FACE_PX / face_w
+        rgb = cv2.resize(rgb, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+        lm = (lm + 0.5) * k - 0.5
     alpha = person_alpha(rgb)
     rng = np.random.default_rng([seed, 7919])
     if seed and rng.random() < 0.5:
+        # A mirrored face needs its mesh measured again: the mesh's point order is not symmetric.
         rgb, alpha = rgb[:, ::-1].copy(), alpha[:, ::-1].copy()
-    lm = detect_landmarks(rgb)
+        lm = detect_landmarks(rgb, source)
     if seed:
         shaped = lm.copy()
         shaped[:MESH_POINTS] = _reshape_landmarks(lm[:MESH_POINTS], rng)
@@ -148,9 +191,10 @@ def make_identity(seed: int) -> Identity:
         alpha = mesh_warp(np.repeat(alpha[..., None], 3, 2), lm, shaped)[..., 0]
         rgb = _recolour(rgb, alpha, shaped, rng)
         # Measure the new face instead of trusting the warp: the rest pose starts from real landmarks.
-        lm = detect_landmarks(rgb)
+        lm = detect_landmarks(rgb, source)
     rest = close_mouth(lm)
     # The iris points are not warp controls; they keep their detected positions.
     rest[468:] = lm[468:, :2]
     rgb = mesh_warp(rgb, lm, rest)
-    return Identity(f"{name.rsplit('.', 1)[0]}-{seed}", rgb, alpha.astype(np.float32), rest)
+    stem = Path(source.removeprefix(BUNDLED_PREFIX)).stem
+    return Identity(f"{stem}-{seed}", rgb, alpha.astype(np.float32), rest)
