@@ -1,0 +1,1 @@
+"""Ray Data pipelines (batch dubbing, dataset preprocessing), wired from lipsync/ stages only."""

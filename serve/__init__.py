@@ -1,0 +1,1 @@
+"""Ray Serve application (HTTP API and web page) around lipsync.pipeline, no second implementation."""
