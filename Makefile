@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test venv clean
 
 $(STAMP): pyproject.toml
+	@echo "Setting up $(VENV) (the first run downloads the packages: a few minutes) ..."
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet --quiet -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -45,5 +45,15 @@ class NoFaceError(MediaError):
     for single frames: frames without a face pass through untouched."""
 
 
+class CheckpointError(LipSyncError):
+    """A weight file that is missing, corrupt, unsafe or does not fit the model.
+    ``str(err)`` is ``"<path>: <problem>"``."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class SpeechError(LipSyncError):
     """Text-to-speech failed (unknown language, empty text, engine not loadable)."""
