@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -15,10 +16,89 @@ DESCRIPTION = """\
 LipSync: audio-driven lip-sync (visual dubbing) with a latent diffusion model, at scale on Ray.
 
 subcommands:
-  synth   render a synthetic talking-head corpus with ground truth (test data, demos, training)
-  tts     turn text into 16 kHz speech with a phoneme timeline (offline espeak-ng)
-  probe   show what the system sees in a media file: streams, fps, duration, faces
+  generate  lip-sync a video (or a still image) to speech (or text): the main command
+  synth     render a synthetic talking-head corpus with ground truth (test data, demos, training)
+  tts       turn text into 16 kHz speech with a phoneme timeline (offline espeak-ng)
+  probe     show what the system sees in a media file: streams, fps, duration, faces
 """
+
+
+def _add_generate(sub):
+    p = sub.add_parser(
+        "generate", help="lip-sync a video or image to speech or text",
+        description="Regenerate the lower face of the person in a video (or a still image) so the lips follow "
+                    "the speech, paste it back at the original resolution and write an H.264 + AAC mp4 as "
+                    "long as the speech. Frames without a face pass through untouched.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video_path", help="input video (local path or s3://)")
+    src.add_argument("--image_path", help="input still image with a face")
+    speech = p.add_mutually_exclusive_group(required=True)
+    speech.add_argument("--audio_path", help="driving speech: wav/mp3/flac/m4a or any file with an audio track")
+    speech.add_argument("--text", help="text to speak (offline TTS) instead of an audio file")
+    p.add_argument("--lang", default="en", help="language of --text (en, zh, es, fr, de, ...; default en)")
+    p.add_argument("--voice", default=None, help="TTS voice variant for --text (see `lipsync tts --list`)")
+    p.add_argument("--output_path", required=True, help="output mp4 (local path or s3://)")
+    p.add_argument("--profile", default="tiny",
+                   help="model profile: tiny (default, CPU-friendly), latentsync-1.5, latentsync-1.6, or a YAML file")
+    p.add_argument("--checkpoint_dir", default=None,
+                   help="folder with the profile's weight files (default pretrained/ for the LatentSync profiles; "
+                        "a folder with model_index.json, e.g. a training export, is loaded as is)")
+    p.add_argument("--num_steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance_scale", type=float, default=1.5, help="audio classifier-free guidance (default 1.5)")
+    p.add_argument("--batch_size", type=int, default=1, help="16-frame windows denoised together (default 1)")
+    p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247); same seed, same output")
+    p.add_argument("--face", default="largest",
+                   help="which face to dub: largest (default), N (0 = largest, 1 = next...) or track:ID")
+    p.add_argument("--loop", choices=["pingpong", "repeat", "freeze"], default="pingpong",
+                   help="when the speech is longer than the video: play it back and forth (default), "
+                        "repeat it, or hold the last frame; a longer video is trimmed to the speech")
+    p.add_argument("--silence_gating", action="store_true",
+                   help="keep the mouth closed where the speech is silent (voice activity detection)")
+    p.add_argument("--overlap", type=int, default=None, help="frames shared by consecutive windows (profile default)")
+    p.add_argument("--deepcache", type=int, default=0, metavar="N",
+                   help="DeepCache: run the full UNet every N steps and reuse deep features between (0 = off)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16")
+    p.set_defaults(func=cmd_generate)
+
+
+def _face_arg(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def cmd_generate(args) -> int:
+    import warnings
+
+    from tqdm import tqdm
+
+    from lipsync.pipeline import GenerateOptions, LipSyncPipeline
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        pipe = LipSyncPipeline.from_profile(args.profile, args.checkpoint_dir, args.device, args.dtype)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    opts = GenerateOptions(num_steps=args.num_steps, guidance_scale=args.guidance_scale, seed=args.seed,
+                           face=_face_arg(args.face), batch_size=args.batch_size, loop=args.loop,
+                           silence_gating=args.silence_gating, overlap=args.overlap,
+                           deepcache_interval=args.deepcache)
+    bar = tqdm(total=None, unit="frame", desc="lip-sync", disable=None)  # None: no bar when not a terminal
+
+    def progress(done, total):
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = pipe(args.output_path, video=args.video_path, image=args.image_path, audio=args.audio_path,
+                      text=args.text, lang=args.lang, voice=args.voice, options=opts, progress=progress)
+    finally:
+        bar.close()
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(result.summary())
+    return 0
 
 
 def _add_synth(sub):
@@ -122,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lipsync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
+    _add_generate(sub)
     _add_synth(sub)
     _add_tts(sub)
     _add_probe(sub)
@@ -136,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except LipSyncError as err:
+    except (LipSyncError, ValueError) as err:
+        if os.environ.get("LIPSYNC_DEBUG"):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ from lipsync.media import (
     local_input,
     probe,
     read_bytes,
+    read_frame_range,
     read_image,
     sample_frames,
     save_wav,
@@ -514,3 +515,14 @@ def test_sample_frames_seeks_to_the_frame_on_screen(tmp_path, media_kit):
     frames = sample_frames(str(src), [0.0, 1.0, 2.5, 2.96])
     assert [media_kit.read_frame_number(f.image) for f in frames] == [0, 25, 62, 74]
     assert [f.index for f in frames] == [0, 25, 62, 74]
+
+
+@pytest.mark.parametrize("source_fps", [25, 30, 24])
+def test_read_frame_range_matches_streaming_decode(tmp_path, media_kit, source_fps):
+    src = media_kit.write_video(tmp_path / f"r{source_fps}.mp4", 3 * source_fps, fps=source_fps)
+    streamed = [media_kit.read_frame_number(f.image) for f in iter_frames(str(src))]
+    for start, stop in [(0, 10), (37, 52), (60, 75), (74, 75)]:
+        got = read_frame_range(str(src), start, stop)
+        assert [f.index for f in got] == list(range(start, stop))
+        want = streamed[start:stop]
+        assert [media_kit.read_frame_number(f.image) for f in got] == want

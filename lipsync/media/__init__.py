@@ -13,7 +13,14 @@ from lipsync.media.uri import (
     storage_options,
     write_bytes,
 )
-from lipsync.media.video import VideoFrame, is_image_path, iter_frames, read_image, sample_frames
+from lipsync.media.video import (
+    VideoFrame,
+    is_image_path,
+    iter_frames,
+    read_frame_range,
+    read_image,
+    sample_frames,
+)
 from lipsync.media.writer import VideoWriter, encode_video
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "local_input",
     "probe",
     "read_bytes",
+    "read_frame_range",
     "read_image",
     "sample_frames",
     "save_wav",

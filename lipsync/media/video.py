@@ -262,3 +262,51 @@ def sample_frames(uri: UriLike, times: list[float]) -> list[VideoFrame]:
                 out.append(VideoFrame(index=int(round(t * 25)), time=best[0] - start,
                                       image=_to_rgb(best[1], stream)))
     return out
+
+
+def read_frame_range(uri: UriLike, start: int, stop: int, fps: float = 25.0) -> list[VideoFrame]:
+    """Output frames ``start``..``stop-1`` of ``iter_frames(uri, fps)``, found by seeking.
+
+    The same timestamp rule as :func:`iter_frames` (frame k shows the latest source frame starting
+    at or before k / fps), for random access in bounded memory: e.g. playing a clip backwards
+    when a long soundtrack loops the video. Past the end, the last source frame repeats.
+    """
+    name = os.fspath(uri)
+    if stop <= start:
+        return []
+    if is_image_path(name):
+        image = read_image(uri)
+        return [VideoFrame(index=k, time=k / fps, image=image if k == start else image.copy())
+                for k in range(start, stop)]
+    out: list[VideoFrame] = []
+    with local_input(name) as path, open_media(path, name) as container:
+        stream = video_stream(container)
+        if stream is None:
+            raise NoVideoStreamError(name, "has no video stream")
+        stream.thread_type = "AUTO"
+        tb = stream.time_base
+        origin = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        target = origin + start / fps
+        try:
+            container.seek(max(int(target / tb), 0), stream=stream, backward=True, any_frame=False)
+            shown = None
+            k = start
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * tb) - origin
+                while shown is not None and k < stop and k / fps + _EPSILON < t:
+                    out.append(VideoFrame(index=k, time=k / fps, image=_to_rgb(shown, stream)))
+                    k += 1
+                if k >= stop:
+                    break
+                shown = frame
+        except av.error.FFmpegError as err:
+            raise CorruptMediaError(name, f"cannot read frames {start}-{stop - 1}: {err}") from err
+        if shown is None:
+            raise EmptyMediaError(name, f"holds no video frames at or after frame {start}")
+        last = _to_rgb(shown, stream) if k < stop else None
+        while k < stop:
+            out.append(VideoFrame(index=k, time=k / fps, image=last.copy()))
+            k += 1
+    return out

@@ -1,0 +1,186 @@
+"""Building a model's components (UNet, VAE, audio encoder, scheduler) from a profile and a
+checkpoint folder, and saving them in our own folder format.
+
+Our folder format mirrors diffusers: one sub-folder per component plus ``model_index.json``,
+which holds the profile and the sha256 of every weight file (verified at load)::
+
+    model_index.json  unet/  vae/  audio_encoder/  scheduler/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lipsync.errors import CheckpointError
+from lipsync.profiles import BUNDLED_MODELS, Profile
+
+INDEX = "model_index.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Components:
+    profile: Profile
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    audio_encoder: torch.nn.Module
+    scheduler: object
+    scaling_factor: float
+    shift_factor: float = 0.0
+    origin: str = ""  # where the weights came from, for the user
+    random_init: bool = False
+
+    def to(self, device, dtype=None):
+        for m in (self.unet, self.vae):
+            m.to(device=device, dtype=dtype)
+        # The audio encoder's front end (mel, STFT) stays in float32; only its device moves.
+        self.audio_encoder.to(device=device)
+        for m in (self.unet, self.vae, self.audio_encoder):
+            m.eval()
+        return self
+
+
+def build_unet(profile: Profile):
+    from lipsync.models.unet import UNet3DConditionModel, UNetConfig
+
+    cfg = dict(profile.unet)
+    if cfg.pop("preset", None) == "latentsync":
+        return UNet3DConditionModel(UNetConfig.latentsync(**cfg))
+    return UNet3DConditionModel(UNetConfig(**cfg))
+
+
+def build_audio_encoder(profile: Profile, unet_token_dim: int | None = None):
+    from lipsync.models.audio import MelAudioConfig, MelAudioEncoder
+
+    if profile.audio.get("kind") != "mel":
+        raise CheckpointError(profile.source, "only a 'mel' audio encoder can be built without weights")
+    cfg = dict(profile.audio.get("config") or {})
+    if unet_token_dim is not None:
+        cfg.setdefault("token_dim", unet_token_dim)
+    return MelAudioEncoder(MelAudioConfig(**cfg))
+
+
+def build_vae(profile: Profile):
+    from lipsync.models.vae import tiny_vae
+
+    if profile.vae.get("kind") != "tiny":
+        raise CheckpointError(profile.source, "only the 'tiny' VAE can be built without weights")
+    return tiny_vae(**(profile.vae.get("config") or {}))
+
+
+def random_components(profile: Profile, seed: int = 0) -> Components:
+    """Randomly initialised components (deterministic for a seed): the mechanics work, the
+    lips will not follow the speech."""
+    torch.manual_seed(seed)
+    unet = build_unet(profile)
+    audio = build_audio_encoder(profile, unet.config.cross_attention_dim)
+    return Components(profile, unet, build_vae(profile), audio, _scheduler(),
+                      float(profile.vae.get("scaling_factor", 1.0)), origin="random initialisation",
+                      random_init=True)
+
+
+def _scheduler():
+    from lipsync.pipeline.denoise import latentsync_scheduler
+
+    return latentsync_scheduler()
+
+
+def load_components(profile: Profile, checkpoint_dir: str | os.PathLike | None) -> Components:
+    """Components of ``profile`` with their weights, from ``checkpoint_dir`` (or the bundled copy)."""
+    cdir = Path(checkpoint_dir) if checkpoint_dir else None
+    if cdir is not None and (cdir / INDEX).is_file():
+        return load_folder(cdir)
+    if profile.files:
+        return _load_latentsync(profile, cdir or Path("pretrained"))
+    candidates = []
+    w = profile.weights or {}
+    if cdir is not None and w.get("folder"):
+        candidates.append(cdir / w["folder"])
+    if w.get("bundled"):
+        candidates.append(BUNDLED_MODELS / w["bundled"])
+    for c in candidates:
+        if (c / INDEX).is_file():
+            return load_folder(c)
+    if w.get("allow_random_init"):
+        looked = ", ".join(str(c) for c in candidates) or "nowhere"
+        warnings.warn(f"no trained weights for profile '{profile.name}' (looked in {looked}): using random "
+                      "initialisation, so the lips will NOT follow the speech", RuntimeWarning, stacklevel=2)
+        return random_components(profile)
+    raise CheckpointError(str(candidates[0] if candidates else cdir),
+                          f"no weights for profile '{profile.name}' ({INDEX} not found)")
+
+
+def _load_latentsync(profile: Profile, cdir: Path) -> Components:
+    from lipsync.models.audio import WhisperAudioEncoder
+    from lipsync.models.unet import UNet3DConditionModel, UNetConfig
+    from lipsync.models.vae import load_vae_folder
+
+    paths = {k: f.resolve(cdir) for k, f in profile.files.items()}  # all missing files reported first
+    cfg = {k: v for k, v in profile.unet.items() if k != "preset"}
+    unet = UNet3DConditionModel.from_checkpoint(paths["unet"], config=UNetConfig.latentsync(**cfg))
+    audio = WhisperAudioEncoder.from_file(paths["audio"])
+    vae = load_vae_folder(paths["vae"])
+    return Components(profile, unet, vae, audio, _scheduler(), float(profile.vae.get("scaling_factor", 0.18215)),
+                      float(profile.vae.get("shift_factor", 0.0)), origin=str(cdir))
+
+
+def save_folder(c: Components, folder: str | os.PathLike) -> Path:
+    """Write ``c`` in our folder format (atomically: a temp folder renamed into place)."""
+    import shutil
+    import tempfile
+
+    from lipsync.models.weights import sha256_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        c.unet.save_pretrained(tmp / "unet")
+        c.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        c.audio_encoder.save_pretrained(tmp / "audio_encoder")
+        c.scheduler.save_pretrained(tmp / "scheduler")
+        sums = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
+        index = {"format_version": FORMAT_VERSION, "profile": c.profile.to_dict(),
+                 "scaling_factor": c.scaling_factor, "shift_factor": c.shift_factor, "sha256": sums}
+        (tmp / INDEX).write_text(json.dumps(index, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_folder(folder: str | os.PathLike) -> Components:
+    from diffusers import DDIMScheduler
+
+    from lipsync.models.audio import MelAudioEncoder, WhisperAudioEncoder
+    from lipsync.models.unet import UNet3DConditionModel
+    from lipsync.models.vae import load_vae_folder
+    from lipsync.models.weights import verify_sha256
+
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / INDEX).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(str(folder / INDEX), f"unreadable model index ({err})") from err
+    for rel, digest in (index.get("sha256") or {}).items():
+        p = folder / rel
+        if not p.is_file():
+            raise CheckpointError(str(p), "missing: listed in model_index.json")
+        verify_sha256(p, digest, f"{rel.split('/')[0]} weights")
+    profile = Profile.from_dict(index["profile"], source=str(folder / INDEX))
+    unet = UNet3DConditionModel.from_pretrained(folder / "unet")
+    vae = load_vae_folder(folder / "vae")
+    kind = profile.audio.get("kind")
+    audio = (MelAudioEncoder if kind == "mel" else WhisperAudioEncoder).from_pretrained(folder / "audio_encoder")
+    scheduler = DDIMScheduler.from_pretrained(str(folder / "scheduler"))
+    return Components(profile, unet, vae, audio, scheduler, float(index.get("scaling_factor", 1.0)),
+                      float(index.get("shift_factor", 0.0)), origin=str(folder))

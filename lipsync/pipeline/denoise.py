@@ -1,0 +1,100 @@
+"""Windows of aligned face crops + audio tokens in, regenerated crops out: VAE encode, DDIM
+denoising with audio classifier-free guidance, VAE decode. Runs a batch of windows at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lipsync.models import vae as vae_ops
+
+
+def latentsync_scheduler():
+    """DDIM with LatentSync's training schedule (DESIGN.md §4)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", steps_offset=1, prediction_type="epsilon",
+                         timestep_spacing="leading", clip_sample=False, set_alpha_to_one=False)
+
+
+@dataclass
+class DenoiseSettings:
+    num_steps: int = 20
+    guidance_scale: float = 1.5
+    deepcache_interval: int = 0  # 0 = off; N = full UNet pass every N steps, cached deep features between
+
+
+class WindowDenoiser:
+    def __init__(self, unet, vae, scheduler, scaling_factor: float, shift_factor: float = 0.0,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.unet, self.vae, self.scheduler = unet, vae, scheduler
+        self.scaling, self.shift = float(scaling_factor), float(shift_factor)
+        self.device, self.dtype = torch.device(device), dtype
+
+    def latent_shape(self, size: int) -> tuple[int, int]:
+        k = vae_ops.downsample_factor(self.vae)
+        return size // k, size // k
+
+    def initial_noise(self, size: int, seed: int) -> torch.Tensor:
+        """One noise frame (1, C, 1, h, w), drawn on the CPU so a seed gives the same result on any device."""
+        h, w = self.latent_shape(size)
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        c = self.vae.config.latent_channels
+        return torch.randn((1, c, 1, h, w), generator=g, dtype=torch.float32)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return vae_ops.encode(self.vae, x.to(self.device, self.dtype), self.scaling, self.shift)
+
+    @torch.no_grad()
+    def __call__(self, crops: np.ndarray, keep_mask: np.ndarray, tokens: torch.Tensor, noise: torch.Tensor,
+                 settings: DenoiseSettings, null_tokens: torch.Tensor | None = None) -> np.ndarray:
+        """crops: (B, F, S, S, 3) uint8; keep_mask: (S, S) float, 1 = keep (LatentSync's convention);
+        tokens: (B, F, T, D); noise: (1, C, 1, h, w). Returns (B, F, S, S, 3) uint8."""
+        b, f, s = crops.shape[0], crops.shape[1], crops.shape[2]
+        x = torch.from_numpy(crops).float().div(127.5).sub(1.0)  # (B, F, S, S, 3)
+        x = x.permute(0, 1, 4, 2, 3).reshape(b * f, 3, s, s)
+        keep = torch.from_numpy(keep_mask.astype(np.float32))[None, None]
+        ref = self._encode(x)
+        masked = self._encode(x * keep)
+        h, w = ref.shape[-2:]
+        mask_lat = F.interpolate(keep, size=(h, w), mode="bilinear", align_corners=False)
+
+        def video(t):  # (B*F, C, h, w) -> (B, C, F, h, w)
+            return t.reshape(b, f, *t.shape[1:]).permute(0, 2, 1, 3, 4)
+
+        ref, masked = video(ref), video(masked)
+        mask_lat = mask_lat.to(self.device, self.dtype).expand(b * f, -1, -1, -1)
+        mask_lat = video(mask_lat)
+        latents = noise.to(self.device, torch.float32).expand(b, -1, f, -1, -1).clone()
+        latents = latents * self.scheduler.init_noise_sigma
+        tokens = tokens.to(self.device, self.dtype)
+        cfg = settings.guidance_scale > 1.0
+        if cfg:
+            null = torch.zeros_like(tokens) if null_tokens is None else null_tokens.to(tokens).expand_as(tokens)
+            cond_in = torch.cat([null, tokens])
+        else:
+            cond_in = tokens
+        self.scheduler.set_timesteps(settings.num_steps, device=self.device)
+        cache: dict | None = {} if settings.deepcache_interval > 1 else None
+        for i, t in enumerate(self.scheduler.timesteps):
+            inp = torch.cat([self.scheduler.scale_model_input(latents, t).to(self.dtype), mask_lat, masked, ref], 1)
+            if cfg:
+                inp = torch.cat([inp, inp])
+            kwargs = {}
+            if cache is not None:
+                kwargs = {"cache": cache, "reuse_deep": i % settings.deepcache_interval != 0}
+            eps = self.unet(inp, t, cond_in, **kwargs)
+            eps = eps.sample if hasattr(eps, "sample") else eps
+            eps = eps.float()
+            if cfg:
+                uncond, cond = eps.chunk(2)
+                eps = uncond + settings.guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(eps, t, latents).prev_sample
+        lat = latents.permute(0, 2, 1, 3, 4).reshape(b * f, *latents.shape[1:2], h, w)
+        out = vae_ops.decode(self.vae, lat.to(self.dtype), self.scaling, self.shift).float()
+        out = ((out + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+        return out.reshape(b, f, 3, s, s).permute(0, 1, 3, 4, 2).cpu().numpy()

@@ -1,0 +1,77 @@
+"""The driving speech of a job: audio file or text, at 16 kHz for the model and at its own rate
+for the output, plus voice activity per video frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipsync.errors import EmptyMediaError
+
+FPS = 25.0
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class DrivingAudio:
+    samples: np.ndarray  # float32 mono, 16 kHz: what the audio encoder hears
+    native: np.ndarray  # float32 (channels, n) at native_rate: what the output carries
+    native_rate: int
+    source: str  # file name or "text:<lang>"
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+    @property
+    def num_frames(self) -> int:
+        """Output length: the audio's duration at 25 fps (rounded; at least one frame)."""
+        return max(1, int(round(self.duration * FPS)))
+
+
+def load_driving_audio(audio: str | None = None, text: str | None = None, lang: str = "en",
+                       voice: str | None = None) -> DrivingAudio:
+    if (audio is None) == (text is None):
+        raise ValueError("give exactly one of an audio file or a text to speak")
+    if text is not None:
+        from lipsync.tts import synthesize
+
+        speech = synthesize(text, lang=lang, voice=voice, sample_rate=SAMPLE_RATE)
+        return DrivingAudio(speech.samples.astype(np.float32), speech.samples[None].astype(np.float32),
+                            SAMPLE_RATE, f"text:{speech.lang}")
+    from lipsync.media.audio import load_audio, load_audio_native
+    from lipsync.media.uri import local_input
+
+    with local_input(audio) as path:  # one download for both decodes
+        samples = load_audio(path, SAMPLE_RATE)
+        native, rate = load_audio_native(path)
+    if len(samples) < SAMPLE_RATE / FPS:
+        raise EmptyMediaError(str(audio), f"audio is too short ({len(samples) / SAMPLE_RATE:.3f} s): "
+                                          "at least one video frame (40 ms) is needed")
+    return DrivingAudio(samples, native, rate, str(audio))
+
+
+def voice_activity(samples: np.ndarray, n_frames: int, fps: float = FPS, sample_rate: int = SAMPLE_RATE,
+                   hangover: int = 3) -> np.ndarray:
+    """Speech / silence per video frame from short-time energy against the file's own level.
+
+    The threshold sits between the quiet floor (10th percentile) and the loud level (90th) on a dB
+    scale, so it adapts to recording level; a few frames of hangover keep the mouth from snapping
+    shut between syllables.
+    """
+    hop = sample_rate / fps
+    rms = np.zeros(n_frames)
+    for i in range(n_frames):
+        seg = samples[int(i * hop): int((i + 1) * hop)]
+        rms[i] = np.sqrt(np.mean(seg.astype(np.float64) ** 2)) if len(seg) else 0.0
+    db = 20 * np.log10(rms + 1e-6)
+    lo, hi = np.percentile(db, 10), np.percentile(db, 90)
+    if hi - lo < 6:  # no dynamics: all speech or all silence, decided by absolute level
+        return np.full(n_frames, hi > -45)
+    active = (db > lo + 0.35 * (hi - lo)) & (db > -55)
+    out = active.copy()
+    for shift in range(1, hangover + 1):  # dilate both ways
+        out[shift:] |= active[:-shift]
+        out[:-shift] |= active[shift:]
+    return out

@@ -1,0 +1,106 @@
+"""The pipeline's plain parts: window planning and blending, length rules, voice activity, profiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipsync.errors import CheckpointError
+from lipsync.pipeline.frames import loop_index
+from lipsync.pipeline.inputs import voice_activity
+from lipsync.pipeline.windows import Blender, Window, WindowPlanner, window_weights
+from lipsync.profiles import ProfileError, available_profiles, load_profile
+
+
+def plan(flags, size=16, overlap=4):
+    p = WindowPlanner(size, overlap)
+    out = []
+    for j, f in enumerate(flags):
+        out += p.push(j, f)
+    out += p.finish()
+    return out
+
+
+def test_windows_cover_every_face_frame_once_or_with_overlap_and_skip_no_face():
+    flags = [True] * 40 + [False] * 3 + [True] * 30 + [False] + [True] * 5
+    wins = plan(flags)
+    covered = set()
+    for w in wins:
+        assert len(w) <= 16
+        assert all(flags[j] for j in w.frames)  # never spans a frame without a face
+        covered |= set(w.frames)
+    assert covered == {j for j, f in enumerate(flags) if f}
+    assert Window(0, 16) in wins and Window(12, 28) in wins and Window(24, 40) in wins
+    assert Window(74, 79) in wins  # a short run gets one short window
+
+
+def test_earliest_future_start_is_a_promise():
+    flags = [True] * 37 + [False] + [True] * 20
+    p = WindowPlanner(16, 4)
+    promises, emitted = [], []
+    for j, f in enumerate(flags):
+        emitted += [(j, w) for w in p.push(j, f)]
+        promises.append((j, p.earliest_future_start()))
+    emitted += [(len(flags), w) for w in p.finish()]
+    for j, limit in promises:
+        assert all(w.start >= limit for when, w in emitted if when > j)
+
+
+def test_blending_is_a_weighted_mean_that_ramps_across_the_overlap():
+    w = window_weights(16, 4)
+    assert w[0] < w[2] < w[4] == 1.0 and w[-1] < w[-3] < 1.0
+    b = Blender()
+    b.add(Window(0, 16), np.full((16, 2, 2, 3), 100, np.uint8), 4)
+    b.add(Window(12, 28), np.full((16, 2, 2, 3), 200, np.uint8), 4)
+    mid = [int(b.pop(j)[0, 0, 0]) for j in range(10, 18)]
+    assert mid[0] == 100 and mid[-1] == 200
+    assert all(a <= c for a, c in zip(mid, mid[1:]))  # a monotone cross-fade, no jump
+    assert b.pop(99) is None
+
+
+@pytest.mark.parametrize("mode, want", [
+    ("pingpong", [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2]),
+    ("repeat", [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]),
+    ("freeze", [0, 1, 2, 3, 3, 3, 3, 3, 3, 3, 3]),
+])
+def test_length_rules(mode, want):
+    assert [loop_index(j, 4, mode) for j in range(11)] == want
+    assert [loop_index(j, 1, mode) for j in range(3)] == [0, 0, 0]
+
+
+def test_voice_activity_finds_speech_and_silence():
+    sr = 16000
+    t = np.arange(sr * 3) / sr
+    x = np.zeros_like(t)
+    x[sr // 2: 2 * sr] = 0.3 * np.sin(2 * np.pi * 220 * t[sr // 2: 2 * sr]) * (1 + np.sin(2 * np.pi * 3 * t[sr // 2: 2 * sr]))
+    x += 0.001 * np.random.default_rng(0).standard_normal(len(x))
+    va = voice_activity(x.astype(np.float32), 75)
+    assert va[20:45].all() and not va[:8].any() and not va[60:].any()
+
+
+def test_profiles_load_and_missing_weights_name_the_file(tmp_path):
+    assert {"tiny", "latentsync-1.5", "latentsync-1.6"} <= set(available_profiles())
+    p15, p16 = load_profile("latentsync-1.5"), load_profile("latentsync-1.6")
+    assert (p15.resolution, p16.resolution) == (256, 512)
+    with pytest.raises(CheckpointError) as e:
+        p15.files["unet"].resolve(tmp_path)
+    msg = str(e.value)
+    assert "latentsync_unet.pt" in msg and "LatentSync 1.5 UNet" in msg and "huggingface.co" in msg
+    (tmp_path / "latentsync_unet.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        p15.files["unet"].resolve(tmp_path)
+    with pytest.raises(ProfileError, match="available"):
+        load_profile("nope")
+
+
+def test_profile_sha256_is_verified(tmp_path):
+    from lipsync.models.weights import sha256_file
+    from lipsync.profiles import WeightFile
+
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"abc")
+    good = WeightFile("unet", "w.pt", "test weights", sha256=sha256_file(f))
+    assert good.resolve(tmp_path) == f
+    bad = WeightFile("unet", "w.pt", "test weights", sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        bad.resolve(tmp_path)
