@@ -56,14 +56,14 @@ def build_unet(profile: Profile):
 
 
 def build_audio_encoder(profile: Profile, unet_token_dim: int | None = None):
-    from lipsync.models.audio import MelAudioConfig, MelAudioEncoder
+    from lipsync.models.audio import MelAudioEncoder, MelAudioEncoderConfig
 
     if profile.audio.get("kind") != "mel":
         raise CheckpointError(profile.source, "only a 'mel' audio encoder can be built without weights")
     cfg = dict(profile.audio.get("config") or {})
     if unet_token_dim is not None:
         cfg.setdefault("token_dim", unet_token_dim)
-    return MelAudioEncoder(MelAudioConfig(**cfg))
+    return MelAudioEncoder(MelAudioEncoderConfig(**cfg))
 
 
 def build_vae(profile: Profile):
