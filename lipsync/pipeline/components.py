@@ -38,7 +38,9 @@ class Components:
 
     def to(self, device, dtype=None):
         for m in (self.unet, self.vae):
-            m.to(device=device, dtype=dtype)
+            m.to(device=device)
+            if dtype is not None and dtype != torch.float32:
+                m.to(dtype=dtype)
         # The audio encoder's front end (mel, STFT) stays in float32; only its device moves.
         self.audio_encoder.to(device=device)
         for m in (self.unet, self.vae, self.audio_encoder):
