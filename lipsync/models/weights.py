@@ -104,8 +104,12 @@ def describe_mismatch(expected: Mapping[str, torch.Size], got: Mapping[str, torc
 
 
 def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                what: str = "model", transform: Callable[[dict], dict] | None = None) -> None:
-    """Load ``state`` into ``module`` only if every key and shape matches; else CheckpointError."""
+                what: str = "model", transform: Callable[[dict], dict] | None = None, *,
+                assign: bool = False) -> None:
+    """Load ``state`` into ``module`` only if every key and shape matches; else CheckpointError.
+
+    ``assign=True`` makes the module's parameters the given tensors themselves (for a module built on
+    the meta device: no second copy of the weights is ever allocated)."""
     state = dict(state)
     if transform is not None:
         state = transform(state)
@@ -113,7 +117,7 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path
     report = describe_mismatch(expected, state)
     if report:
         raise CheckpointError(str(path), f"does not fit the {what}: {report}")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
