@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean samples
 
 $(STAMP): pyproject.toml
 	@echo "Setting up $(VENV) (the first run downloads the packages: a few minutes) ..."
@@ -16,8 +16,18 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lipsync synth --out out/demo --num 1 --seconds 4 --seed 1 --langs en
-	$(VENV)/bin/lipsync probe out/demo/clip_00000/video.mp4
+	$(VENV)/bin/lipsync generate --video_path samples/face.mp4 --audio_path samples/speech.wav \
+		--output_path out/demo.mp4
+	@echo "Open out/demo.mp4"
+
+# The bundled sample media (regenerate with `make samples`): a synthetic talking head (the bundled
+# public-domain portrait) and a different sentence to dub it with.
+samples: $(STAMP)
+	rm -rf out/samples
+	$(VENV)/bin/lipsync synth --out out/samples --num 1 --seconds 3 --seed 7 --identity 0 --langs en --size 256
+	cp out/samples/clip_00000/video.mp4 samples/face.mp4
+	$(VENV)/bin/lipsync tts --text "Welcome to lip sync. This voice was never spoken by her." \
+		--lang en --voice f2 --rate 165 --out samples/speech.wav
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)

@@ -116,6 +116,8 @@ def _add_synth(sub):
                    help="sentence split: 'test' sentences never appear in 'train' clips")
     p.add_argument("--langs", default=None, help="comma-separated languages (default en,es,zh,fr,de)")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--identity", type=int, default=None,
+                   help="use this identity number for every clip (0 = the portrait unchanged; default: random per clip)")
     p.add_argument("--faces", default=None,
                    help="folder of frontal portrait photos to build identities from (default: the bundled portrait)")
     p.set_defaults(func=cmd_synth)
@@ -136,7 +138,8 @@ def cmd_synth(args) -> int:
         print(f"[{len(done)}/{args.num}] {path} ({note})", flush=True)
 
     rows = make_corpus(args.out, args.num, seconds=args.seconds, seed=args.seed, jobs=args.jobs,
-                       progress=progress, size=args.size, split=args.split, langs=langs, faces=faces)
+                       progress=progress, size=args.size, split=args.split, langs=langs, faces=faces,
+                       identity=args.identity)
     print(f"{len(rows)} clips in {args.out} ({time.perf_counter() - t0:.1f} s); manifest: {args.out}/manifest.csv")
     return 0
 
