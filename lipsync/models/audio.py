@@ -34,7 +34,7 @@ from torch import nn
 
 from lipsync.errors import CheckpointError
 from lipsync.models.weights import load_strict, read_state_dict
-from lipsync.models.whisper import (HOP_LENGTH, SAMPLE_RATE, WhisperEncoder, load_whisper_encoder,
+from lipsync.models.whisper import (HOP_LENGTH, SAMPLE_RATE, WhisperDims, WhisperEncoder, load_whisper_encoder,
                                     log_mel_power, log_mel_spectrogram)
 
 MAX_CHANNELS = 64
@@ -205,6 +205,38 @@ class WhisperAudioEncoder(AudioEncoder):
         super().train(mode)
         self.encoder.eval()
         return self
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """``config.json`` (dims + windowing) + ``model.safetensors`` (OpenAI key names), for our
+        model folders; LatentSync's own ``tiny.pt`` is read by :meth:`from_file`."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = {"model_type": "lipsync_whisper_audio_encoder", "dims": asdict(self.encoder.dims),
+               "windowing": self.windowing, "pad_mode": self.pad_mode,
+               "context_s": self.context_steps / self.steps_per_second,
+               "blend_s": self.blend_steps / self.steps_per_second}
+        _write_atomic(folder / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
+        state = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}
+        _write_atomic(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "WhisperAudioEncoder":
+        folder = Path(folder)
+        config_path = folder / "config.json"
+        try:
+            cfg = json.loads(config_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(str(config_path), f"unreadable or missing config ({err})") from err
+        if not isinstance(cfg, dict) or cfg.get("model_type") != "lipsync_whisper_audio_encoder":
+            raise CheckpointError(str(config_path), "not a Whisper audio encoder config")
+        weights = folder / "model.safetensors"
+        state = {k.removeprefix("encoder."): v for k, v in read_state_dict(weights).items()}
+        encoder = WhisperEncoder(WhisperDims(**cfg["dims"]))
+        load_strict(encoder, state, weights, what="Whisper encoder")
+        return cls(encoder, windowing=cfg.get("windowing", "overlap"), pad_mode=cfg.get("pad_mode", "zeros"),
+                   context_s=float(cfg.get("context_s", 5.0)), blend_s=float(cfg.get("blend_s", 1.0)))
 
     def mel(self, samples, sample_rate: int | None = None) -> torch.Tensor:
         """Whisper log-mel of the whole file (n_mels, n // 160), normalised against its max."""

@@ -48,13 +48,22 @@ class Components:
         return self
 
 
-def build_unet(profile: Profile):
-    from lipsync.models.unet import UNet3DConditionModel, UNetConfig
+def unet_config(profile: Profile):
+    from lipsync.models.unet import UNetConfig
 
     cfg = dict(profile.unet)
-    if cfg.pop("preset", None) == "latentsync":
-        return UNet3DConditionModel(UNetConfig.latentsync(**cfg))
-    return UNet3DConditionModel(UNetConfig(**cfg))
+    preset = cfg.pop("preset", None)
+    if preset == "latentsync":
+        return UNetConfig.from_dict({**UNetConfig.latentsync().to_dict(), **cfg})
+    if preset is not None:
+        raise CheckpointError(profile.source, f"unknown UNet preset {preset!r} (known: latentsync)")
+    return UNetConfig.from_dict(cfg)
+
+
+def build_unet(profile: Profile):
+    from lipsync.models.unet import UNet3DConditionModel
+
+    return UNet3DConditionModel(unet_config(profile))
 
 
 def build_audio_encoder(profile: Profile, unet_token_dim: int | None = None):
@@ -120,12 +129,19 @@ def load_components(profile: Profile, checkpoint_dir: str | os.PathLike | None) 
 
 def _load_latentsync(profile: Profile, cdir: Path) -> Components:
     from lipsync.models.audio import WhisperAudioEncoder
-    from lipsync.models.unet import UNet3DConditionModel, UNetConfig
+    from lipsync.models.unet import UNet3DConditionModel
     from lipsync.models.vae import load_vae_folder
 
-    paths = {k: f.resolve(cdir) for k, f in profile.files.items()}  # all missing files reported first
-    cfg = {k: v for k, v in profile.unet.items() if k != "preset"}
-    unet = UNet3DConditionModel.from_checkpoint(paths["unet"], config=UNetConfig.latentsync(**cfg))
+    paths, problems = {}, []
+    for k, f in profile.files.items():  # every missing file is named at once, before any loading
+        try:
+            paths[k] = f.resolve(cdir)
+        except CheckpointError as err:
+            problems.append(str(err))
+    if problems:
+        raise CheckpointError(str(cdir), f"{len(problems)} weight file(s) of profile '{profile.name}' "
+                                         "missing or unusable:\n  " + "\n  ".join(problems))
+    unet = UNet3DConditionModel.from_checkpoint(paths["unet"], config=unet_config(profile))
     audio = WhisperAudioEncoder.from_file(paths["audio"])
     vae = load_vae_folder(paths["vae"])
     return Components(profile, unet, vae, audio, _scheduler(), float(profile.vae.get("scaling_factor", 0.18215)),
