@@ -78,3 +78,29 @@ def test_probe_bad_file_names_it(tmp_path, capsys, content, problem):
 def test_probe_missing_file(tmp_path, capsys):
     assert main(["probe", str(tmp_path / "nope.mov")]) == 1
     assert "nope.mov" in capsys.readouterr().err
+
+
+def test_generate_command_end_to_end(tmp_path, capsys):
+    from lipsync.synth.corpus import make_clip
+
+    make_clip(tmp_path / "c", seed=8, seconds=0.8, size=128, langs=["en"])
+    out = tmp_path / "o.mp4"
+    code = main(["generate", "--video_path", str(tmp_path / "c" / "video.mp4"), "--audio_path",
+                 str(tmp_path / "c" / "audio.wav"), "--output_path", str(out), "--num_steps", "1",
+                 "--batch_size", "2", "--device", "cpu"])
+    assert code == 0 and out.exists()
+    captured = capsys.readouterr()
+    assert "20 frames" in captured.out and "frames/s" in captured.out
+
+
+def test_generate_reports_missing_weights_and_bad_flags(tmp_path, capsys):
+    args = ["generate", "--video_path", "v.mp4", "--audio_path", "a.wav", "--output_path", str(tmp_path / "o.mp4")]
+    assert main(args + ["--profile", "latentsync-1.6", "--checkpoint_dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "latentsync_unet.pt" in err and "whisper/tiny.pt" in err and "sd-vae-ft-mse" in err
+    assert main(args + ["--profile", "nope"]) == 1
+    assert "available" in capsys.readouterr().err
+    assert main(args + ["--dtype", "fp8"]) == 1
+    assert "fp8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: --video_path and --image_path exclude each other
+        main(args + ["--image_path", "x.png"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 import pytest
 
 from face_helpers import load_astronaut, paste_face, textured_background
@@ -174,3 +175,21 @@ def test_choose_the_face_to_dub(pipe, tmp_path):
         d = absdiff(frames_of(out)[8], base)
         noise = absdiff(reencoded([base], tmp_path)[0], base)
         assert d[:, changed].max() > 30 and d[:, kept].mean() <= 1.15 * noise[:, kept].mean() + 0.2
+
+
+def test_silence_gating_feeds_silence_tokens_where_nobody_speaks(pipe, clips):
+    from lipsync.pipeline.inputs import load_driving_audio, voice_activity
+    from lipsync.pipeline.windows import Window
+
+    driving = load_driving_audio(str(clips / "a" / "audio.wav"))
+    feats = pipe.encode_audio(driving)
+    active = voice_activity(driving.samples, driving.num_frames)
+    assert not active[:3].all() and active.any()  # synthetic clips start with a pause
+    w = Window(0, 16)
+    plain = pipe.audio_tokens(feats, w, None)
+    gated = pipe.audio_tokens(feats, w, ~active)
+    for k in range(16):
+        if active[k]:
+            assert torch.equal(gated[k], plain[k])
+        else:
+            assert torch.equal(gated[k], pipe.silence_tokens())
