@@ -479,13 +479,10 @@ class MelAudioEncoder(AudioEncoder):
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from lipsync.media.uri import atomic_output
+
+    with atomic_output(str(path)) as tmp:
+        write(Path(tmp))
 
 
 __all__ = ["AudioEncoder", "MelAudioEncoder", "MelAudioEncoderConfig", "WhisperAudioEncoder",

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.media.audio import save_wav
+from lipsync.media.uri import write_bytes
 from lipsync.media.writer import VideoWriter
 from lipsync.tts import PhonemeEvent, list_variants, synthesize, timeline_to_json
 
@@ -104,7 +105,7 @@ def make_clip(out_dir: str | os.PathLike, seed: int, seconds: float = 4.0, size:
     save_wav(str(out / "audio.wav"), audio, SAMPLE_RATE)
     buf = io.BytesIO()
     np.savez_compressed(buf, landmarks=landmarks)
-    _atomic_bytes(out / "landmarks.npz", buf.getvalue())
+    write_bytes(str(out / "landmarks.npz"), buf.getvalue())
     meta = {
         "version": META_VERSION,
         "seed": int(seed),
@@ -128,18 +129,12 @@ def make_clip(out_dir: str | os.PathLike, seed: int, seconds: float = 4.0, size:
                  "scale": _r(motion.scale)},
         "files": {"video": "video.mp4", "audio": "audio.wav", "landmarks": "landmarks.npz"},
     }
-    _atomic_bytes(out / "meta.json", json.dumps(meta, ensure_ascii=False).encode())
+    write_bytes(str(out / "meta.json"), json.dumps(meta, ensure_ascii=False).encode())
     return meta
 
 
 def _r(x) -> list[float]:
     return [round(float(v), 4) for v in np.asarray(x)]
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def clip_seed(seed: int, index: int) -> int:
@@ -190,9 +185,9 @@ def make_corpus(out: str | os.PathLike, num: int, seconds: float = 4.0, seed: in
         rows.append({"id": path.name, "video": str(path / "video.mp4"), "audio": str(path / "audio.wav"),
                      "lang": meta["lang"], "seconds": meta["seconds"], "split": meta["split"],
                      "identity": meta["identity"], "text": " ".join(meta["text"])})
-    with open(out / ".manifest.csv.tmp", "w", newline="", encoding="utf-8") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
-    os.replace(out / ".manifest.csv.tmp", out / "manifest.csv")
+    text = io.StringIO()
+    wr = csv.DictWriter(text, fieldnames=list(rows[0]))
+    wr.writeheader()
+    wr.writerows(rows)
+    write_bytes(str(out / "manifest.csv"), text.getvalue().encode("utf-8"))
     return rows
