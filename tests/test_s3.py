@@ -97,3 +97,28 @@ def test_failed_upload_leaves_no_object(s3_bucket, s3, media_kit):
                 writer.write(media_kit.pattern_frame(i))
             raise RuntimeError("model crashed")
     assert not s3.exists(key)
+
+
+def test_generate_reads_and_writes_s3(s3_bucket, s3, tmp_path):
+    import warnings
+
+    from lipsync.errors import CorruptMediaError
+    from lipsync.pipeline import GenerateOptions, LipSyncPipeline
+    from lipsync.synth.corpus import make_clip
+
+    make_clip(tmp_path / "c", seed=4, seconds=0.8, size=128, langs=["en"])
+    s3.put(str(tmp_path / "c" / "video.mp4"), f"{s3_bucket}/in/face.mp4")
+    s3.put(str(tmp_path / "c" / "audio.wav"), f"{s3_bucket}/in/speech.wav")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pipe = LipSyncPipeline.from_profile("tiny", device="cpu")
+    out = f"s3://{s3_bucket}/out/dubbed.mp4"
+    res = pipe(out, video=f"s3://{s3_bucket}/in/face.mp4", audio=f"s3://{s3_bucket}/in/speech.wav",
+               options=GenerateOptions(num_steps=1))
+    assert res.frames == 20
+    assert probe(out).video.width == 128
+    s3.pipe(f"{s3_bucket}/in/broken.mp4", b"\x00garbage" * 64)
+    with pytest.raises(CorruptMediaError, match=f"s3://{s3_bucket}/in/broken.mp4"):
+        pipe(f"s3://{s3_bucket}/out/never.mp4", video=f"s3://{s3_bucket}/in/broken.mp4",
+             audio=f"s3://{s3_bucket}/in/speech.wav", options=GenerateOptions(num_steps=1))
+    assert not s3.exists(f"{s3_bucket}/out/never.mp4")

@@ -48,12 +48,13 @@ def loop_index(j: int, n_src: int, mode: str) -> int:
 
 class FrameSource:
     def __init__(self, uri: str, n_out: int, detector, face="largest", loop: str = "pingpong",
-                 is_image: bool | None = None, tracker_kwargs: dict | None = None):
+                 is_image: bool | None = None, tracker_kwargs: dict | None = None, name: str | None = None):
         if loop not in LOOP_MODES:
             raise ValueError(f"loop must be one of {LOOP_MODES}, got {loop!r}")
         from lipsync.media.video import is_image_path
 
         self.uri, self.n_out, self.detector, self.face, self.loop = uri, int(n_out), detector, face, loop
+        self.name = name or uri  # what errors call the file (the URI when uri is a local copy)
         self.is_image = is_image_path(uri) if is_image is None else is_image
         self.tracker_kwargs = tracker_kwargs or {}
         self.faces: dict[int, object | None] = {}
@@ -78,7 +79,7 @@ class FrameSource:
         finally:
             frames.close()
         if j == 0:
-            raise EmptyMediaError(self.uri, "holds no video frames")
+            raise EmptyMediaError(self.name, "holds no video frames")
         self.n_src = j
         if j < self.n_out:
             yield from self._loop(j)
@@ -91,7 +92,7 @@ class FrameSource:
         faces = self.detector.detect(image)
         face = select_target(faces, self.face)
         if face is None:
-            raise NoFaceError(self.uri, "no face found in the image" if not faces else
+            raise NoFaceError(self.name, "no face found in the image" if not faces else
                               f"face {self.face!r} not found ({len(faces)} face(s) in the image)")
         self.n_src = 1
         self.faces[0] = face

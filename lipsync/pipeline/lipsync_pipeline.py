@@ -164,6 +164,8 @@ class LipSyncPipeline:
                  text: str | None = None, lang: str = "en", voice: str | None = None,
                  options: GenerateOptions | None = None, progress=None) -> GenerateResult:
         from lipsync.face import FaceDetector
+        from lipsync.media.probe import probe
+        from lipsync.media.uri import is_remote, local_input
         from lipsync.media.writer import VideoWriter
 
         opts = options or GenerateOptions()
@@ -208,10 +210,13 @@ class LipSyncPipeline:
                     progress(state["next"], n_out)
 
         source_uri = video if video is not None else image
-        with FaceDetector(max_faces=8) as detector, \
+        if is_remote(source_uri):
+            probe(source_uri)  # a bad remote file is reported under its URI, not a temp name
+        with local_input(source_uri) as local_src, FaceDetector(max_faces=8) as detector, \
                 VideoWriter(output, fps=FPS, audio=driving.native, audio_rate=driving.native_rate) as writer:
-            source = FrameSource(source_uri, n_out, detector, face=opts.face, loop=opts.loop,
-                                 is_image=image is not None)
+            # One download for remote input: looping re-reads the file by seeking.
+            source = FrameSource(local_src, n_out, detector, face=opts.face, loop=opts.loop,
+                                 is_image=image is not None, name=source_uri)
             for item in source:
                 buffer[item.index] = item
                 if item.face is not None:
