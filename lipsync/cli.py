@@ -101,6 +101,20 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _add_ray_commands(sub):
+    """Subcommands that run on Ray live beside their Ray code; their parser modules import no Ray."""
+    import importlib
+
+    for module in ("pipelines.cli", "serve.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            continue
+        mod.add_parsers(sub)
+
+
 def _add_synth(sub):
     p = sub.add_parser(
         "synth", help="render a synthetic talking-head corpus",
@@ -206,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lipsync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     _add_generate(sub)
+    _add_ray_commands(sub)
     _add_synth(sub)
     _add_tts(sub)
     _add_probe(sub)
