@@ -163,12 +163,16 @@ def paint_mouth_interior(image: np.ndarray, lm: np.ndarray, rng_phase: float = 0
     tongue = np.clip((rel_y - 0.62) / 0.25, 0, 1) * np.clip(1 - np.abs(rel_x) / 0.75, 0, 1)
     tongue *= np.clip((gap / s - 6.0) / 6.0, 0, 1)
     col = cavity * (1 - tongue[..., None]) + np.array([150, 62, 66]) * tongue[..., None]
+    # The cavity darkens toward the corners and just under the lips; the teeth catch the light.
+    shadow = np.exp(-np.clip(yy - top, 0, None) / (0.05 * width + 1)) * 0.3
+    col = col * (1 - shadow[..., None])
     # Upper teeth: a band under the upper lip with faint gaps between incisors.
-    tooth_h = 0.11 * width
+    tooth_h = 0.13 * width
     upper = np.clip((tooth_h - (yy - top)) / (0.15 * tooth_h + 1), 0, 1)
     upper *= np.clip(1 - np.abs(rel_x) / 0.8, 0, 1) ** 0.3
     incisor = 0.88 + 0.12 * np.abs(np.cos((rel_x * 3.2 + rng_phase) * np.pi))
-    shade = (1.0 - 0.35 * np.abs(rel_x) ** 2) * incisor
+    # Teeth are shaded toward the corners and slightly at their top edge (under the lip).
+    shade = (1.0 - 0.35 * np.abs(rel_x) ** 2) * incisor * (0.88 + 0.12 * np.clip((yy - top) / (0.5 * tooth_h + 1), 0, 1))
     teeth = np.array(teeth_tone, np.float32) * shade[..., None]
     col = col * (1 - upper[..., None]) + teeth * upper[..., None]
     # Lower teeth peek out only in a wide-open mouth.
@@ -176,9 +180,6 @@ def paint_mouth_interior(image: np.ndarray, lm: np.ndarray, rng_phase: float = 0
     lower = np.clip(((yy - (bottom - 0.06 * width))) / (0.15 * 0.06 * width + 1), 0, 1)
     lower *= np.clip((gap / width - 0.35) / 0.2, 0, 1) * np.clip(1 - np.abs(rel_x) / 0.5, 0, 1)
     col = col * (1 - 0.8 * lower[..., None]) + 0.8 * teeth * lower[..., None] * 0.9
-    # A soft shadow just under the upper lip sells the depth.
-    shadow = np.exp(-np.clip(yy - top, 0, None) / (0.04 * width + 1)) * 0.35
-    col = col * (1 - shadow[..., None])
     col = cv2.resize(col.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
     alpha = cv2.resize(mask.astype(np.float32) / 255.0, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
     out = image.copy()
