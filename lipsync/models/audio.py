@@ -20,6 +20,7 @@ Implementations:
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import os
@@ -99,7 +100,7 @@ def frame_step_indices(num_steps: int, start: int, stop: int, steps_per_frame: i
     return idx.clamp_(0, num_steps - 1)
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(nn.Module, abc.ABC):
     """Common interface of the audio encoders (see the module docstring).
 
     Subclasses set ``tokens_per_frame``, ``token_dim``, ``steps_per_frame`` (feature steps per
@@ -126,13 +127,13 @@ class AudioEncoder(nn.Module):
     def prepare_samples(self, samples, sample_rate: int | None = None) -> torch.Tensor:
         return prepare_samples(samples, sample_rate, self.device)
 
+    @abc.abstractmethod
     def features(self, samples: np.ndarray | torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
         """File-level features at the encoder's native step rate (time first)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def num_frames(self, features: torch.Tensor) -> int:
         """Video frames (at ``fps``) the audio covers."""
-        raise NotImplementedError
 
     def num_steps(self, features: torch.Tensor) -> int:
         return int(features.shape[self._time_axis(features)])
@@ -154,10 +155,10 @@ class AudioEncoder(nn.Module):
         picked = features.index_select(axis, idx.reshape(-1))
         return picked.reshape(*features.shape[:axis], *idx.shape, *features.shape[axis + 1:])
 
+    @abc.abstractmethod
     def frame_tokens(self, features: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """(stop - start, tokens_per_frame, token_dim) for video frames ``start .. stop - 1``
         (with a leading batch dim if ``features`` has one). Only that slice is materialised."""
-        raise NotImplementedError
 
 
 # ------------------------------------------------------------------------------------- Whisper
