@@ -15,6 +15,9 @@ class MediaError(LipSyncError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable, so the error survives a trip between processes (Ray workers)
+        return type(self), (self.path, self.problem)
+
 
 class MediaNotFoundError(MediaError):
     """The file or object does not exist or cannot be opened for reading."""
@@ -53,6 +56,9 @@ class CheckpointError(LipSyncError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem)
 
 
 class SpeechError(LipSyncError):

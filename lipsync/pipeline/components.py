@@ -22,14 +22,15 @@ from lipsync.profiles import BUNDLED_MODELS, Profile
 
 INDEX = "model_index.json"
 FORMAT_VERSION = 1
+ALL_PARTS = frozenset({"unet", "vae", "audio"})  # what load_components can load (``parts``)
 
 
 @dataclass
 class Components:
     profile: Profile
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    audio_encoder: torch.nn.Module
+    unet: torch.nn.Module | None  # None where a worker loaded only some parts (load_components(parts=...))
+    vae: torch.nn.Module | None
+    audio_encoder: torch.nn.Module | None
     scheduler: object
     scaling_factor: float
     shift_factor: float = 0.0
@@ -38,13 +39,17 @@ class Components:
 
     def to(self, device, dtype=None):
         for m in (self.unet, self.vae):
+            if m is None:
+                continue
             m.to(device=device)
             if dtype is not None and dtype != torch.float32:
                 m.to(dtype=dtype)
         # The audio encoder's front end (mel, STFT) stays in float32; only its device moves.
-        self.audio_encoder.to(device=device)
+        if self.audio_encoder is not None:
+            self.audio_encoder.to(device=device)
         for m in (self.unet, self.vae, self.audio_encoder):
-            m.eval()
+            if m is not None:
+                m.eval()
         return self
 
 
@@ -85,13 +90,17 @@ def build_vae(profile: Profile):
     return tiny_vae(**(profile.vae.get("config") or {}))
 
 
-def random_components(profile: Profile, seed: int = 0) -> Components:
+def random_components(profile: Profile, seed: int = 0, parts: frozenset[str] | set[str] | None = None) -> Components:
     """Randomly initialised components (deterministic for a seed): the mechanics work, the
-    lips will not follow the speech."""
+    lips will not follow the speech. The UNet and the audio encoder are always built (in that
+    order, so each gets the same weights whatever ``parts`` asks for); the VAE and the scheduler
+    only when ``parts`` (default: all) needs them."""
+    parts = ALL_PARTS if parts is None else parts
     torch.manual_seed(seed)
     unet = build_unet(profile)
     audio = build_audio_encoder(profile, unet.config.cross_attention_dim)
-    return Components(profile, unet, build_vae(profile), audio, _scheduler(),
+    vae = build_vae(profile) if "vae" in parts else None
+    return Components(profile, unet, vae, audio, _scheduler() if "unet" in parts else None,
                       float(profile.vae.get("scaling_factor", 1.0)), origin="random initialisation",
                       random_init=True)
 
@@ -102,13 +111,43 @@ def _scheduler():
     return latentsync_scheduler()
 
 
-def load_components(profile: Profile, checkpoint_dir: str | os.PathLike | None) -> Components:
-    """Components of ``profile`` with their weights, from ``checkpoint_dir`` (or the bundled copy)."""
+@dataclass
+class WeightsLocation:
+    """Where a profile's weights are, found without loading them (see :func:`locate_weights`)."""
+
+    kind: str  # "folder" (our format) | "latentsync" (third-party files) | "random"
+    folder: Path | None = None
+    paths: dict | None = None  # latentsync: component -> file
+    looked: str = ""  # random: where weights were looked for
+
+    @property
+    def random_init(self) -> bool:
+        return self.kind == "random"
+
+    def describe(self) -> str:
+        if self.kind in ("folder", "latentsync"):
+            return str(self.folder)
+        return f"random initialisation (no weights in {self.looked})"
+
+
+def locate_weights(profile: Profile, checkpoint_dir: str | os.PathLike | None) -> WeightsLocation:
+    """Find ``profile``'s weights without loading them; a missing file is a CheckpointError naming
+    every missing path at once. Lets a batch job fail before it starts any worker."""
     cdir = Path(checkpoint_dir) if checkpoint_dir else None
     if cdir is not None and (cdir / INDEX).is_file():
-        return load_folder(cdir)
+        return WeightsLocation("folder", folder=cdir)
     if profile.files:
-        return _load_latentsync(profile, cdir or Path("pretrained"))
+        cdir = cdir or Path("pretrained")
+        paths, problems = {}, []
+        for k, f in profile.files.items():  # every missing file is named at once, before any loading
+            try:
+                paths[k] = f.resolve(cdir)
+            except CheckpointError as err:
+                problems.append(str(err))
+        if problems:
+            raise CheckpointError(str(cdir), f"{len(problems)} weight file(s) of profile '{profile.name}' "
+                                             "missing or unusable:\n  " + "\n  ".join(problems))
+        return WeightsLocation("latentsync", folder=cdir, paths=paths)
     candidates = []
     w = profile.weights or {}
     if cdir is not None and w.get("folder"):
@@ -117,35 +156,47 @@ def load_components(profile: Profile, checkpoint_dir: str | os.PathLike | None) 
         candidates.append(BUNDLED_MODELS / w["bundled"])
     for c in candidates:
         if (c / INDEX).is_file():
-            return load_folder(c)
+            return WeightsLocation("folder", folder=c)
     if w.get("allow_random_init"):
-        looked = ", ".join(str(c) for c in candidates) or "nowhere"
-        warnings.warn(f"no trained weights for profile '{profile.name}' (looked in {looked}): using random "
-                      "initialisation, so the lips will NOT follow the speech", RuntimeWarning, stacklevel=2)
-        return random_components(profile)
+        return WeightsLocation("random", looked=", ".join(str(c) for c in candidates) or "nowhere")
     raise CheckpointError(str(candidates[0] if candidates else cdir),
                           f"no weights for profile '{profile.name}' ({INDEX} not found)")
 
 
-def _load_latentsync(profile: Profile, cdir: Path) -> Components:
+def load_components(profile: Profile, checkpoint_dir: str | os.PathLike | None,
+                    parts: frozenset[str] | set[str] = ALL_PARTS) -> Components:
+    """Components of ``profile`` with their weights, from ``checkpoint_dir`` (or the bundled copy).
+
+    ``parts`` (``unet``, ``vae``, ``audio``) selects what to load: a worker that only encodes audio
+    need not hold the UNet. Components left out are None (random initialisation builds them all,
+    so the random weights do not depend on the selection)."""
+    loc = locate_weights(profile, checkpoint_dir)
+    if loc.kind == "folder":
+        return load_folder(loc.folder, parts)
+    if loc.kind == "latentsync":
+        return _load_latentsync(profile, loc.paths, parts, origin=str(loc.folder))
+    warnings.warn(f"no trained weights for profile '{profile.name}' (looked in {loc.looked}): using random "
+                  "initialisation, so the lips will NOT follow the speech", RuntimeWarning, stacklevel=2)
+    return _select(random_components(profile, parts=parts), parts)
+
+
+def _select(c: Components, parts) -> Components:
+    c.unet = c.unet if "unet" in parts else None
+    c.vae = c.vae if "vae" in parts else None
+    c.audio_encoder = c.audio_encoder if "audio" in parts else None
+    return c
+
+
+def _load_latentsync(profile: Profile, paths: dict, parts=ALL_PARTS, origin: str = "") -> Components:
     from lipsync.models.audio import WhisperAudioEncoder
     from lipsync.models.unet import UNet3DConditionModel
     from lipsync.models.vae import load_vae_folder
 
-    paths, problems = {}, []
-    for k, f in profile.files.items():  # every missing file is named at once, before any loading
-        try:
-            paths[k] = f.resolve(cdir)
-        except CheckpointError as err:
-            problems.append(str(err))
-    if problems:
-        raise CheckpointError(str(cdir), f"{len(problems)} weight file(s) of profile '{profile.name}' "
-                                         "missing or unusable:\n  " + "\n  ".join(problems))
-    unet = UNet3DConditionModel.from_checkpoint(paths["unet"], config=unet_config(profile))
-    audio = WhisperAudioEncoder.from_file(paths["audio"])
-    vae = load_vae_folder(paths["vae"])
+    unet = UNet3DConditionModel.from_checkpoint(paths["unet"], config=unet_config(profile)) if "unet" in parts else None
+    audio = WhisperAudioEncoder.from_file(paths["audio"]) if "audio" in parts else None
+    vae = load_vae_folder(paths["vae"]) if "vae" in parts else None
     return Components(profile, unet, vae, audio, _scheduler(), float(profile.vae.get("scaling_factor", 0.18215)),
-                      float(profile.vae.get("shift_factor", 0.0)), origin=str(cdir))
+                      float(profile.vae.get("shift_factor", 0.0)), origin=origin)
 
 
 def save_folder(c: Components, folder: str | os.PathLike) -> Path:
@@ -176,7 +227,7 @@ def save_folder(c: Components, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_folder(folder: str | os.PathLike) -> Components:
+def load_folder(folder: str | os.PathLike, parts: frozenset[str] | set[str] = ALL_PARTS) -> Components:
     from diffusers import DDIMScheduler
 
     from lipsync.models.audio import MelAudioEncoder, WhisperAudioEncoder
@@ -189,16 +240,21 @@ def load_folder(folder: str | os.PathLike) -> Components:
         index = json.loads((folder / INDEX).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(str(folder / INDEX), f"unreadable model index ({err})") from err
+    wanted = {"unet": "unet", "vae": "vae", "audio": "audio_encoder"}
+    sub = {wanted[p] for p in parts}
     for rel, digest in (index.get("sha256") or {}).items():
+        if rel.split("/")[0] in wanted.values() and rel.split("/")[0] not in sub:
+            continue
         p = folder / rel
         if not p.is_file():
             raise CheckpointError(str(p), "missing: listed in model_index.json")
         verify_sha256(p, digest, f"{rel.split('/')[0]} weights")
     profile = Profile.from_dict(index["profile"], source=str(folder / INDEX))
-    unet = UNet3DConditionModel.from_pretrained(folder / "unet")
-    vae = load_vae_folder(folder / "vae")
+    unet = UNet3DConditionModel.from_pretrained(folder / "unet") if "unet" in parts else None
+    vae = load_vae_folder(folder / "vae") if "vae" in parts else None
     kind = profile.audio.get("kind")
-    audio = (MelAudioEncoder if kind == "mel" else WhisperAudioEncoder).from_pretrained(folder / "audio_encoder")
-    scheduler = DDIMScheduler.from_pretrained(str(folder / "scheduler"))
+    audio = ((MelAudioEncoder if kind == "mel" else WhisperAudioEncoder).from_pretrained(folder / "audio_encoder")
+             if "audio" in parts else None)
+    scheduler = DDIMScheduler.from_pretrained(str(folder / "scheduler")) if "unet" in parts else None
     return Components(profile, unet, vae, audio, scheduler, float(index.get("scaling_factor", 1.0)),
                       float(index.get("shift_factor", 0.0)), origin=str(folder))

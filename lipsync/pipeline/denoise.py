@@ -21,6 +21,32 @@ def latentsync_scheduler():
                          timestep_spacing="leading", clip_sample=False, set_alpha_to_one=False)
 
 
+def to_video(t: torch.Tensor, b: int, f: int) -> torch.Tensor:
+    """(B*F, C, h, w) -> (B, C, F, h, w)."""
+    return t.reshape(b, f, *t.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def condition_latents(encode, x: torch.Tensor, keep: torch.Tensor, b: int, f: int,
+                      ref: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The UNet's conditioning channels, built the same way for inference and training.
+
+    ``x``: (B*F, 3, S, S) crops in [-1, 1]; ``keep``: (1, 1, S, S), 1 = keep (the upper face);
+    ``encode``: crops -> scaled latents; ``ref``: the reference crops (B*F, 3, S, S), by default
+    ``x`` itself (inference); training takes them from other frames of the same clip.
+    Returns (mask (B, 1, F, h, w), masked-face latents, reference latents (B, C, F, h, w))."""
+    ref_lat = encode(x if ref is None else ref)
+    masked = encode(x * keep.to(x))
+    h, w = ref_lat.shape[-2:]
+    mask_lat = F.interpolate(keep, size=(h, w), mode="bilinear", align_corners=False)
+    mask_lat = mask_lat.to(ref_lat.device, ref_lat.dtype).expand(b * f, -1, -1, -1)
+    return to_video(mask_lat, b, f), to_video(masked, b, f), to_video(ref_lat, b, f)
+
+
+def unet_input(latents: torch.Tensor, mask_lat: torch.Tensor, masked: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The 13 input channels in LatentSync's order: noisy latent, mask, masked-face latent, reference."""
+    return torch.cat([latents, mask_lat, masked, ref], 1)
+
+
 @dataclass
 class DenoiseSettings:
     num_steps: int = 20
@@ -53,22 +79,14 @@ class WindowDenoiser:
     def __call__(self, crops: np.ndarray, keep_mask: np.ndarray, tokens: torch.Tensor, noise: torch.Tensor,
                  settings: DenoiseSettings, null_tokens: torch.Tensor | None = None) -> np.ndarray:
         """crops: (B, F, S, S, 3) uint8; keep_mask: (S, S) float, 1 = keep (LatentSync's convention);
-        tokens: (B, F, T, D); noise: (1, C, 1, h, w). Returns (B, F, S, S, 3) uint8."""
+        tokens: (B, F, T, D); noise: (1, C, 1, h, w) shared by every window, or (B, C, 1, h, w) one per
+        window (windows of different videos and seeds batched together). Returns (B, F, S, S, 3) uint8."""
         b, f, s = crops.shape[0], crops.shape[1], crops.shape[2]
         x = torch.from_numpy(crops).float().div(127.5).sub(1.0)  # (B, F, S, S, 3)
         x = x.permute(0, 1, 4, 2, 3).reshape(b * f, 3, s, s)
         keep = torch.from_numpy(keep_mask.astype(np.float32))[None, None]
-        ref = self._encode(x)
-        masked = self._encode(x * keep)
+        mask_lat, masked, ref = condition_latents(self._encode, x, keep, b, f)
         h, w = ref.shape[-2:]
-        mask_lat = F.interpolate(keep, size=(h, w), mode="bilinear", align_corners=False)
-
-        def video(t):  # (B*F, C, h, w) -> (B, C, F, h, w)
-            return t.reshape(b, f, *t.shape[1:]).permute(0, 2, 1, 3, 4)
-
-        ref, masked = video(ref), video(masked)
-        mask_lat = mask_lat.to(self.device, self.dtype).expand(b * f, -1, -1, -1)
-        mask_lat = video(mask_lat)
         latents = noise.to(self.device, torch.float32).expand(b, -1, f, -1, -1).clone()
         latents = latents * self.scheduler.init_noise_sigma
         tokens = tokens.to(self.device, self.dtype)
@@ -81,7 +99,7 @@ class WindowDenoiser:
         self.scheduler.set_timesteps(settings.num_steps, device=self.device)
         cache: dict | None = {} if settings.deepcache_interval > 1 else None
         for i, t in enumerate(self.scheduler.timesteps):
-            inp = torch.cat([self.scheduler.scale_model_input(latents, t).to(self.dtype), mask_lat, masked, ref], 1)
+            inp = unet_input(self.scheduler.scale_model_input(latents, t).to(self.dtype), mask_lat, masked, ref)
             if cfg:
                 inp = torch.cat([inp, inp])
             kwargs = {}

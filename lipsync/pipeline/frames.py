@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipsync.errors import EmptyMediaError, NoFaceError
+from lipsync.errors import CorruptMediaError, EmptyMediaError, NoFaceError
 
 LOOP_MODES = ("pingpong", "repeat", "freeze")
 _CHUNK_BYTES = 128 * 2**20
@@ -83,6 +83,35 @@ class FrameSource:
         self.n_src = j
         if j < self.n_out:
             yield from self._loop(j)
+
+    def replay(self, n_src: int) -> Iterator[FrameItem]:
+        """The same output frames again, without face detection (``face`` is None): the batch
+        job's finish stage decodes its source a second time rather than keep frames in memory.
+        ``n_src`` is the number of source frames the first pass found (its ``n_src``)."""
+        if self.is_image:
+            from lipsync.media.video import read_image
+
+            image = read_image(self.uri)
+            for j in range(self.n_out):
+                yield FrameItem(j, 0, image if j == 0 else image.copy(), None)
+            return
+        from lipsync.media.video import iter_frames
+
+        first = min(self.n_out, int(n_src))
+        j = 0
+        frames = iter_frames(self.uri)
+        try:
+            for frame in frames:
+                if j >= first:
+                    break
+                yield FrameItem(j, frame.index, frame.image, None)
+                j += 1
+        finally:
+            frames.close()
+        if j < first:
+            raise CorruptMediaError(self.name, f"decoded {j} frames on a second pass, {first} on the first")
+        if first < self.n_out:
+            yield from self._loop(int(n_src))
 
     def _still(self) -> Iterator[FrameItem]:
         from lipsync.face import select_target

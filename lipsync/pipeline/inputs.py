@@ -3,6 +3,7 @@ for the output, plus voice activity per video frame."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,12 +45,36 @@ def load_driving_audio(audio: str | None = None, text: str | None = None, lang: 
     from lipsync.media.uri import local_input
 
     with local_input(audio) as path:  # one download for both decodes
-        samples = load_audio(path, SAMPLE_RATE)
-        native, rate = load_audio_native(path)
+        with _named(path, audio):
+            samples = load_audio(path, SAMPLE_RATE)
+            native, rate = load_audio_native(path)
     if len(samples) < SAMPLE_RATE / FPS:
         raise EmptyMediaError(str(audio), f"audio is too short ({len(samples) / SAMPLE_RATE:.3f} s): "
                                           "at least one video frame (40 ms) is needed")
     return DrivingAudio(samples, native, rate, str(audio))
+
+
+def load_native_audio(audio: str) -> tuple[np.ndarray, int]:
+    """The output track of a job driven by an audio file: (channels, n) float32 at its own rate
+    (what ``load_driving_audio(audio).native`` holds), for a stage that needs only that."""
+    from lipsync.media.audio import load_audio_native
+    from lipsync.media.uri import local_input
+
+    with local_input(audio) as path, _named(path, audio):
+        return load_audio_native(path)
+
+
+@contextlib.contextmanager
+def _named(local: str, uri: str):
+    """Errors about the downloaded copy of a remote file name the file's URI, not the temp file."""
+    from lipsync.errors import MediaError
+
+    try:
+        yield
+    except MediaError as err:
+        if err.path != str(local) or str(local) == str(uri):
+            raise
+        raise type(err)(str(uri), err.problem) from err
 
 
 def voice_activity(samples: np.ndarray, n_frames: int, fps: float = FPS, sample_rate: int = SAMPLE_RATE,

@@ -6,6 +6,10 @@ denoise batches of windows (VAE encode, DDIM with audio guidance, VAE decode); c
 overlaps; paste the mouth region back into the original frame; encode with the speech. Frames
 without a face pass through untouched. Memory is bounded by the batch of windows in flight, not by
 the video's length.
+
+The steps are the stages of ``lipsync.pipeline.stages`` (``Preparer``, ``Denoiser``,
+``Compositor``), streamed into one another here; the batch job runs the same stages in separate
+Ray worker pools.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import numpy as np
 import torch
 
 from lipsync.errors import NoFaceError
-from lipsync.face import estimate_alignment, lower_face_mask, paste_back, warp_to_crop
+from lipsync.face import paste_back
 from lipsync.pipeline.components import Components, load_components, save_folder
-from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser
-from lipsync.pipeline.frames import FrameItem, FrameSource, face_landmarks
-from lipsync.pipeline.inputs import FPS, DrivingAudio, load_driving_audio, voice_activity
-from lipsync.pipeline.windows import Blender, Window, WindowPlanner
+from lipsync.pipeline.denoise import DenoiseSettings
+from lipsync.pipeline.frames import FrameItem, FrameSource
+from lipsync.pipeline.inputs import FPS, DrivingAudio
+from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput, denoise_settings, regen_mask_of,
+                                     window_planner)
+from lipsync.pipeline.windows import Window
 from lipsync.profiles import load_profile
 
 DEFAULT_SEED = 1247
@@ -90,12 +96,10 @@ class LipSyncPipeline:
         self.device = pick_device(device if device is None or isinstance(device, str) else str(device))
         self.dtype = pick_dtype(dtype, self.device)
         components.to(self.device, self.dtype)
-        self.denoiser = WindowDenoiser(components.unet, components.vae, components.scheduler,
-                                       components.scaling_factor, components.shift_factor, self.device, self.dtype)
-        size = self.profile.resolution
-        mask = self.profile.mask or {}
-        self.regen_mask = lower_face_mask(size, top=float(mask.get("top", 0.5)), side=float(mask.get("side", 0.0)))
-        self._silence_tokens = None
+        self.regen_mask = regen_mask_of(self.profile)
+        self.preparer = Preparer(self.profile, components.audio_encoder)
+        self.stage_denoiser = Denoiser(components, self.device, self.dtype, self.regen_mask)
+        self.denoiser = self.stage_denoiser.windows  # the WindowDenoiser
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -112,52 +116,41 @@ class LipSyncPipeline:
     def save_pretrained(self, folder: str) -> None:
         save_folder(self.components, folder)
 
-    # -- steps -----------------------------------------------------------------------------
+    # -- steps (the stages' methods, kept here for callers of the single-process pipeline) -------
     def encode_audio(self, driving: DrivingAudio) -> torch.Tensor:
-        enc = self.components.audio_encoder
-        with torch.no_grad():
-            return enc.features(driving.samples)
+        return self.preparer.encode_audio(driving)
 
     def audio_tokens(self, features: torch.Tensor, window: Window, silent: np.ndarray | None) -> torch.Tensor:
-        enc = self.components.audio_encoder
-        with torch.no_grad():
-            tokens = enc.frame_tokens(features, window.start, window.stop).float()
-            if silent is not None and silent[window.start:window.stop].any():
-                quiet = torch.from_numpy(silent[window.start:window.stop])
-                tokens[quiet] = self.silence_tokens().to(tokens)
-        return tokens
+        return self.preparer.audio_tokens(features, window, silent)
 
     def silence_tokens(self) -> torch.Tensor:
         """What the encoder makes of digital silence: fed where voice activity says nobody speaks."""
-        if self._silence_tokens is None:
-            enc = self.components.audio_encoder
-            with torch.no_grad():
-                feats = enc.features(np.zeros(16000, np.float32))
-                self._silence_tokens = enc.frame_tokens(feats, 12, 13)[0].float().cpu()
-        return self._silence_tokens
+        return self.preparer.silence_tokens()
 
     def align(self, item: FrameItem) -> tuple[np.ndarray, np.ndarray]:
-        size = self.profile.resolution
-        M = estimate_alignment(face_landmarks(item.face), size, aspect=float(self.profile.crop_aspect))
-        return warp_to_crop(item.image, M, size), M
+        return self.preparer.align(item)
 
     def composite(self, image: np.ndarray, crop: np.ndarray, M: np.ndarray) -> np.ndarray:
         return paste_back(image, crop, M, self.regen_mask)
 
     def denoise(self, windows: list[Window], crops: dict[int, np.ndarray], features: torch.Tensor,
-                silent: np.ndarray | None, noise: torch.Tensor, settings: DenoiseSettings) -> list[np.ndarray]:
-        """Denoise windows of the same length together; returns generated crops per window."""
-        out: list[np.ndarray | None] = [None] * len(windows)
-        by_len: dict[int, list[int]] = {}
-        for i, w in enumerate(windows):
-            by_len.setdefault(len(w), []).append(i)
-        for idx in by_len.values():
-            batch = np.stack([np.stack([crops[j] for j in windows[i].frames]) for i in idx])
-            tokens = torch.stack([self.audio_tokens(features, windows[i], silent) for i in idx])
-            gen = self.denoiser(batch, 1.0 - self.regen_mask, tokens, noise, settings)
-            for k, i in enumerate(idx):
-                out[i] = gen[k]
-        return out
+                silent: np.ndarray | None, noise: torch.Tensor | int, settings: DenoiseSettings) -> list[np.ndarray]:
+        """Denoise windows of the same length together; returns generated crops per window.
+        ``noise`` is a seed (or, as before, an initial-noise tensor)."""
+        inputs = [WindowInput(w, np.stack([crops[j] for j in w.frames]), self.audio_tokens(features, w, silent))
+                  for w in windows]
+        if isinstance(noise, torch.Tensor):
+            out: list[np.ndarray | None] = [None] * len(windows)
+            by_len: dict[int, list[int]] = {}
+            for i, w in enumerate(windows):
+                by_len.setdefault(len(w), []).append(i)
+            for idx in by_len.values():
+                gen = self.denoiser(np.stack([inputs[i].crops for i in idx]), 1.0 - self.regen_mask,
+                                    torch.stack([inputs[i].tokens for i in idx]), noise, settings)
+                for k, i in enumerate(idx):
+                    out[i] = gen[k]
+            return out
+        return self.stage_denoiser(inputs, settings, int(noise))
 
     # -- the whole job ---------------------------------------------------------------------
     def __call__(self, output: str, video: str | None = None, image: str | None = None, audio: str | None = None,
@@ -172,38 +165,25 @@ class LipSyncPipeline:
         if (video is None) == (image is None):
             raise ValueError("give exactly one of a video or an image")
         t0 = time.perf_counter()
-        driving = load_driving_audio(audio, text, lang, voice)
-        n_out = driving.num_frames
-        features = self.encode_audio(driving)
-        silent = ~voice_activity(driving.samples, n_out) if opts.silence_gating else None
-        settings = DenoiseSettings(opts.num_steps or self.profile.num_steps,
-                                   self.profile.guidance_scale if opts.guidance_scale is None else opts.guidance_scale,
-                                   opts.deepcache_interval)
-        overlap = self.profile.overlap if opts.overlap is None else opts.overlap
-        window = int(self.profile.window)
-        planner = WindowPlanner(window, min(overlap, window - 1))
-        noise = self.denoiser.initial_noise(self.profile.resolution, opts.seed)
-        blender = Blender()
-        buffer: dict[int, FrameItem] = {}
-        aligned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        pending: list[Window] = []
+        speech = self.preparer.speech(audio, text, lang, voice, opts.silence_gating)
+        driving, n_out = speech.driving, speech.num_frames
+        settings = denoise_settings(self.profile, opts.num_steps, opts.guidance_scale, opts.deepcache_interval)
+        planner = window_planner(self.profile, opts.overlap)
+        compositor = Compositor(self.regen_mask, planner.overlap)
+        frames: dict[int, tuple[FrameItem, np.ndarray | None]] = {}  # frames waiting for their crops
+        pending: list[WindowInput] = []
         state = {"next": 0, "with_face": 0}
 
-        def run(windows: list[Window]) -> None:
-            crops = {j: aligned[j][0] for w in windows for j in w.frames}
-            for w, gen in zip(windows, self.denoise(windows, crops, features, silent, noise, settings)):
-                blender.add(w, gen, planner.overlap)
+        def run(windows: list[WindowInput]) -> None:
+            for w, gen in zip(windows, self.stage_denoiser(windows, settings, opts.seed)):
+                compositor.add(w.window, gen)
 
         def flush(writer, limit: int) -> None:
-            while state["next"] < limit and state["next"] in buffer:
+            while state["next"] < limit and state["next"] in frames:
                 j = state["next"]
-                item = buffer.pop(j)
-                crop = blender.pop(j)
-                frame = item.image
-                if crop is not None:
-                    frame = self.composite(item.image, crop, aligned[j][1])
-                    state["with_face"] += 1
-                aligned.pop(j, None)
+                item, matrix = frames.pop(j)
+                frame, pasted = compositor.frame(j, item.image, matrix)
+                state["with_face"] += pasted
                 writer.write(frame)
                 state["next"] += 1
                 if progress:
@@ -217,19 +197,14 @@ class LipSyncPipeline:
             # One download for remote input: looping re-reads the file by seeking.
             source = FrameSource(local_src, n_out, detector, face=opts.face, loop=opts.loop,
                                  is_image=image is not None, name=source_uri)
-            for item in source:
-                buffer[item.index] = item
-                if item.face is not None:
-                    aligned[item.index] = self.align(item)
-                pending += planner.push(item.index, item.face is not None)
-                if len(pending) >= opts.batch_size:
+            for step in self.preparer.stream(source, speech, planner):
+                if step.item is not None:
+                    frames[step.item.index] = (step.item, step.matrix)
+                pending += step.windows
+                if pending and (len(pending) >= opts.batch_size or step.item is None):
                     run(pending)
                     pending = []
-                limit = min([planner.earliest_future_start()] + [w.start for w in pending])
-                flush(writer, limit)
-            pending += planner.finish()
-            if pending:
-                run(pending)
+                flush(writer, min([step.settled] + [w.window.start for w in pending]))
             flush(writer, n_out)
             if state["with_face"] == 0:
                 # The atomic writer drops the output: a clip with no face anywhere is an error, not a copy.

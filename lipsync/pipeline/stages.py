@@ -1,0 +1,219 @@
+"""The three stages of a lip-sync job, usable together or apart.
+
+``LipSyncPipeline.__call__`` streams them into one another in one process; the batch job
+(``pipelines/dub.py``) runs each in its own pool of Ray workers. Both use these classes, so there is
+one implementation of every step:
+
+* :class:`Preparer` (CPU): the driving speech and its audio features; the frames with their tracked
+  target face, aligned to crops; the overlapping windows, each with its crops and audio tokens.
+* :class:`Denoiser` (GPU, or CPU): windows -> regenerated crops (VAE encode, DDIM with audio
+  guidance, VAE decode), batched, possibly across videos with different settings and seeds.
+* :class:`Compositor` (CPU): cross-fades the overlapping windows and pastes each frame's crop back
+  into the original frame with the inverse warp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lipsync.face import estimate_alignment, lower_face_mask, paste_back, warp_to_crop
+from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser
+from lipsync.pipeline.frames import FrameItem, face_landmarks
+from lipsync.pipeline.inputs import DrivingAudio, load_driving_audio, voice_activity
+from lipsync.pipeline.windows import Blender, Window, WindowPlanner
+
+
+@dataclass
+class Speech:
+    """The driving speech of a job, ready for the model."""
+
+    driving: DrivingAudio
+    features: torch.Tensor  # the audio encoder's file-level features
+    silent: np.ndarray | None  # per output frame: True where silence gating closes the mouth
+
+    @property
+    def num_frames(self) -> int:
+        return self.driving.num_frames
+
+
+@dataclass
+class WindowInput:
+    """One window ready to denoise: what flows from the CPU stage to the GPU stage."""
+
+    window: Window
+    crops: np.ndarray  # (F, S, S, 3) uint8 aligned face crops
+    tokens: torch.Tensor  # (F, T, D) float32 audio tokens
+
+
+@dataclass
+class PrepareStep:
+    """What :meth:`Preparer.stream` yields per frame (and once more, with ``item=None``, at the end)."""
+
+    item: FrameItem | None  # the frame (None on the final step)
+    matrix: np.ndarray | None  # its 2 x 3 alignment (frame -> crop), None without a face
+    windows: list[WindowInput]  # windows completed by this frame
+    settled: int  # no window yielded later starts before this frame index
+
+
+def regen_mask_of(profile) -> np.ndarray:
+    """The profile's regenerated lower-face region on the crop (1 = generate)."""
+    mask = profile.mask or {}
+    return lower_face_mask(int(profile.resolution), top=float(mask.get("top", 0.5)),
+                           side=float(mask.get("side", 0.0)))
+
+
+def denoise_settings(profile, num_steps: int | None, guidance_scale: float | None,
+                     deepcache_interval: int = 0) -> DenoiseSettings:
+    return DenoiseSettings(int(num_steps or profile.num_steps),
+                           float(profile.guidance_scale if guidance_scale is None else guidance_scale),
+                           int(deepcache_interval))
+
+
+def window_planner(profile, overlap: int | None) -> WindowPlanner:
+    window = int(profile.window)
+    overlap = int(profile.overlap if overlap is None else overlap)
+    return WindowPlanner(window, min(overlap, window - 1))
+
+
+class Preparer:
+    """CPU stage: speech -> audio features; frames -> aligned crops; windows with crops + tokens."""
+
+    def __init__(self, profile, audio_encoder):
+        self.profile = profile
+        self.audio_encoder = audio_encoder
+        self._silence_tokens = None
+
+    # -- speech -----------------------------------------------------------------------------
+    def encode_audio(self, driving: DrivingAudio) -> torch.Tensor:
+        with torch.no_grad():
+            return self.audio_encoder.features(driving.samples)
+
+    def speech(self, audio: str | None = None, text: str | None = None, lang: str = "en",
+               voice: str | None = None, silence_gating: bool = False) -> Speech:
+        driving = load_driving_audio(audio, text, lang, voice)
+        silent = ~voice_activity(driving.samples, driving.num_frames) if silence_gating else None
+        return Speech(driving, self.encode_audio(driving), silent)
+
+    def silence_tokens(self) -> torch.Tensor:
+        """What the encoder makes of digital silence: fed where voice activity says nobody speaks."""
+        if self._silence_tokens is None:
+            enc = self.audio_encoder
+            with torch.no_grad():
+                feats = enc.features(np.zeros(16000, np.float32))
+                self._silence_tokens = enc.frame_tokens(feats, 12, 13)[0].float().cpu()
+        return self._silence_tokens
+
+    def audio_tokens(self, features: torch.Tensor, window: Window, silent: np.ndarray | None) -> torch.Tensor:
+        with torch.no_grad():
+            tokens = self.audio_encoder.frame_tokens(features, window.start, window.stop).float()
+            if silent is not None and silent[window.start:window.stop].any():
+                quiet = torch.from_numpy(silent[window.start:window.stop])
+                tokens[quiet] = self.silence_tokens().to(tokens)
+        return tokens
+
+    # -- frames -----------------------------------------------------------------------------
+    def align(self, item: FrameItem) -> tuple[np.ndarray, np.ndarray]:
+        size = int(self.profile.resolution)
+        M = estimate_alignment(face_landmarks(item.face), size, aspect=float(self.profile.crop_aspect))
+        return warp_to_crop(item.image, M, size), M
+
+    def stream(self, frames: Iterable[FrameItem], speech: Speech, planner: WindowPlanner) -> Iterator[PrepareStep]:
+        """Align each frame's face and cut windows as soon as their frames are known.
+
+        Crops are kept only while a window still to come may need them, so memory is bounded by
+        the window size, not the video's length.
+        """
+        crops: dict[int, np.ndarray] = {}
+
+        def inputs(windows: list[Window]) -> list[WindowInput]:
+            return [WindowInput(w, np.stack([crops[j] for j in w.frames]),
+                                self.audio_tokens(speech.features, w, speech.silent)) for w in windows]
+
+        last = -1
+        for item in frames:
+            matrix = None
+            if item.face is not None:
+                crops[item.index], matrix = self.align(item)
+            windows = inputs(planner.push(item.index, item.face is not None))
+            settled = planner.earliest_future_start()
+            for j in [k for k in crops if k < settled]:
+                del crops[j]
+            last = item.index
+            yield PrepareStep(item, matrix, windows, settled)
+        yield PrepareStep(None, None, inputs(planner.finish()), last + 1)
+
+
+class Denoiser:
+    """GPU stage: batches of windows -> regenerated crops.
+
+    Windows may come from different videos: each carries its own settings and seed. Windows are
+    denoised together when they have the same length and settings (the UNet sees one tensor);
+    ``max_batch`` caps how many go through at once.
+    """
+
+    def __init__(self, components, device: torch.device, dtype: torch.dtype, regen_mask: np.ndarray):
+        self.components = components
+        self.profile = components.profile
+        self.device, self.dtype = device, dtype
+        self.regen_mask = regen_mask
+        self.windows = WindowDenoiser(components.unet, components.vae, components.scheduler,
+                                      components.scaling_factor, components.shift_factor, device, dtype)
+        self._noise: dict[int, torch.Tensor] = {}
+
+    def initial_noise(self, seed: int) -> torch.Tensor:
+        seed = int(seed)
+        if seed not in self._noise:
+            if len(self._noise) > 64:
+                self._noise.clear()
+            self._noise[seed] = self.windows.initial_noise(int(self.profile.resolution), seed)
+        return self._noise[seed]
+
+    def __call__(self, inputs: Sequence[WindowInput], settings: DenoiseSettings | Sequence[DenoiseSettings],
+                 seeds: int | Sequence[int], max_batch: int | None = None) -> list[np.ndarray]:
+        """Regenerated crops, (F, S, S, 3) uint8, one array per input window, in input order."""
+        n = len(inputs)
+        settings = [settings] * n if isinstance(settings, DenoiseSettings) else list(settings)
+        seeds = [seeds] * n if isinstance(seeds, (int, np.integer)) else list(seeds)
+        out: list[np.ndarray | None] = [None] * n
+        groups: dict[tuple, list[int]] = {}
+        for i, w in enumerate(inputs):
+            s = settings[i]
+            groups.setdefault((len(w.window), s.num_steps, s.guidance_scale, s.deepcache_interval), []).append(i)
+        keep = 1.0 - self.regen_mask
+        for idx in groups.values():
+            step = max_batch or len(idx)
+            for k in range(0, len(idx), step):
+                part = idx[k:k + step]
+                batch = np.stack([inputs[i].crops for i in part])
+                tokens = torch.stack([inputs[i].tokens for i in part])
+                noises = [self.initial_noise(seeds[i]) for i in part]
+                # One shared noise tensor when the seeds agree (the usual case), else one per window.
+                noise = noises[0] if all(x is noises[0] for x in noises) else torch.cat(noises)
+                gen = self.windows(batch, keep, tokens, noise, settings[part[0]])
+                for m, i in enumerate(part):
+                    out[i] = gen[m]
+        return out
+
+
+class Compositor:
+    """CPU stage: cross-fade of overlapping windows, then paste-back into the original frames."""
+
+    def __init__(self, regen_mask: np.ndarray, overlap: int):
+        self.regen_mask = regen_mask
+        self.overlap = int(overlap)
+        self.blender = Blender()
+
+    def add(self, window: Window, crops: np.ndarray) -> None:
+        self.blender.add(window, crops, self.overlap)
+
+    def frame(self, index: int, image: np.ndarray, matrix: np.ndarray | None) -> tuple[np.ndarray, bool]:
+        """Output frame ``index``: the image with its regenerated face pasted back, and whether it was.
+        A frame without a generated crop (no face) passes through untouched."""
+        crop = self.blender.pop(index)
+        if crop is None or matrix is None:
+            return image, False
+        return paste_back(image, crop, matrix, self.regen_mask), True

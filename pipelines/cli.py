@@ -1,0 +1,118 @@
+"""``lipsync dub``: the batch-dubbing subcommand. Registered by ``lipsync/cli.py`` through
+``add_parsers``; nothing here imports Ray until the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DUB_DESCRIPTION = """\
+Lip-sync many videos in one job on Ray: CPU workers decode, track and align faces, GPU workers
+(or CPU workers on a cluster without GPUs) denoise windows from any videos in batches, CPU workers
+paste back and encode. Input: a manifest (CSV, JSONL or Parquet; columns id, video or image, audio
+or text + lang, optional output and per-row options) or --videos DIR --audios DIR paired by file
+name. A rerun skips outputs already finished. Writes <output_dir>/results.parquet and prints a
+summary. Exit code: 0 all done, 3 some videos failed (see the results), 1 the job could not run.
+"""
+
+
+def _face_arg(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def add_dub_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("dub", help="lip-sync a batch of videos on Ray (manifest or folders)",
+                       description=DUB_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dub_arguments(p)
+    return p
+
+
+def dub_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="CSV / JSONL / Parquet manifest (local or s3://)")
+    src.add_argument("--videos", help="folder of videos (or images); pair with --audios by file name")
+    p.add_argument("--audios", help="folder of audio files named like the videos")
+    p.add_argument("--output_dir", required=True,
+                   help="where outputs (<id>.mp4 unless the manifest says otherwise), completion records "
+                        "(_done/) and results.parquet go (local or s3://)")
+    p.add_argument("--profile", default="tiny", help="model profile: tiny (default), latentsync-1.5, latentsync-1.6 "
+                                                     "or a YAML file")
+    p.add_argument("--checkpoint_dir", default=None, help="folder with the profile's weights (see lipsync generate)")
+    p.add_argument("--config", default=None,
+                   help="pool sizes, batch sizes, CPUs/GPUs per actor (default configs/dub.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set denoise.actors=2 (repeatable)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto, host:port, ray://...); default: join the local Ray instance "
+                        "if one runs, else start one")
+    p.add_argument("--overwrite", action="store_true", help="redo every video, even those already finished")
+    p.add_argument("--num_steps", type=int, default=None, help="denoising steps (default: the profile's, 20)")
+    p.add_argument("--guidance_scale", type=float, default=None, help="audio guidance (default: the profile's, 1.5)")
+    p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247)")
+    p.add_argument("--face", default="largest", help="which face to dub: largest, N or track:ID")
+    p.add_argument("--loop", choices=["pingpong", "repeat", "freeze"], default="pingpong",
+                   help="when the speech outlasts the video (default pingpong)")
+    p.add_argument("--silence_gating", action="store_true", help="mouth closed where the speech is silent")
+    p.add_argument("--overlap", type=int, default=None, help="frames shared by consecutive windows")
+    p.add_argument("--deepcache", type=int, default=0, metavar="N", help="DeepCache interval (0 = off)")
+    p.add_argument("--lang", default="en", help="language of text rows without a lang column (default en)")
+    p.set_defaults(func=cmd_dub)
+
+
+def add_parsers(sub) -> None:
+    """Called by ``lipsync/cli.py`` to register the Ray-backed subcommands of this package."""
+    add_dub_parser(sub)
+
+
+def cmd_dub(args) -> int:
+    from lipsync.pipeline.lipsync_pipeline import GenerateOptions
+    from lipsync.pipeline.manifest import load_job_input
+
+    if args.videos is not None and args.audios is None:
+        raise ValueError("--videos needs --audios (the folder of audio files named like the videos)")
+    if args.audios is not None and args.videos is None:
+        raise ValueError("--audios goes with --videos (use --manifest otherwise)")
+    defaults = GenerateOptions(num_steps=args.num_steps, guidance_scale=args.guidance_scale, seed=args.seed,
+                               face=_face_arg(args.face), loop=args.loop, silence_gating=args.silence_gating,
+                               overlap=args.overlap, deepcache_interval=args.deepcache)
+    from pipelines.dub import DubJob, exit_code, load_config, run_dub
+
+    config = load_config(args.config, args.set)
+    job_input = load_job_input(args.output_dir, defaults, manifest=args.manifest, videos=args.videos,
+                               audios=args.audios, lang=args.lang)
+    for note in job_input.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if job_input.ignored_columns:
+        print(f"note: ignoring manifest columns: {', '.join(job_input.ignored_columns)}", file=sys.stderr)
+    connect(args.address)
+    job = DubJob(args.output_dir, args.profile, args.checkpoint_dir, config, args.overwrite)
+    return exit_code(run_dub(job_input, job))
+
+
+def connect(address: str | None) -> None:
+    """Join ``address``, else the local Ray instance if one runs, else start one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {"address": address} if address else {}
+    ray.init(**kwargs, log_to_driver=True, logging_level="WARNING")
+
+
+def main_dub(argv: list[str] | None = None) -> int:
+    """``jobs/dub.py``: the same command, for ``ray job submit``."""
+    import os
+
+    from lipsync.errors import LipSyncError
+
+    parser = argparse.ArgumentParser(prog="jobs/dub.py", description=DUB_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    dub_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(args.func(args) or 0)
+    except (LipSyncError, ValueError) as err:
+        if os.environ.get("LIPSYNC_DEBUG"):
+            raise
+        print(f"error: {' '.join(str(err).split()) if len(str(err)) < 400 else str(err)}", file=sys.stderr)
+        return 1
