@@ -1,0 +1,166 @@
+"""Settings of the Serve application: one tree of plain dataclasses, read from the ``args`` of an
+application in a Serve config file (``configs/serve.yaml``) or built by ``lipsync serve``.
+
+Unknown keys are errors (a typo must not silently fall back to a default). No Ray import here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VIDEO_SUFFIXES = [".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"]
+IMAGE_SUFFIXES = [".png", ".jpg", ".jpeg", ".bmp", ".webp"]
+AUDIO_SUFFIXES = [".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"]
+
+
+@dataclass
+class ModelSettings:
+    """The model deployment: one pipeline per replica."""
+
+    profile: str = "tiny"
+    checkpoint_dir: str | None = None
+    device: str = "auto"  # auto: cuda when the replica was given a GPU, else cpu
+    dtype: str = "auto"
+    num_replicas: int = 1
+    # Ray Serve autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...);
+    # when set it replaces num_replicas.
+    autoscaling: dict | None = None
+    num_cpus: float = 1.0
+    num_gpus: float | str = "auto"  # auto: 1 when the Ray cluster has a GPU, else 0
+    max_ongoing_requests: int = 1  # generations one replica runs at a time
+    max_queued_requests: int = 16  # requests waiting for a replica per caller; more -> 503
+    torch_threads: int | None = None  # default: the replica's num_cpus
+    batch_size: int = 1
+    work_dir: str | None = None  # per-request temp files (default: the system temp dir)
+    health_check_period_s: float = 10.0
+
+
+@dataclass
+class IngressSettings:
+    """The HTTP ingress deployment (FastAPI): uploads, validation, jobs; light on CPU."""
+
+    num_replicas: int = 1
+    num_cpus: float = 0.1
+    max_ongoing_requests: int = 200  # HTTP requests per replica; admission control is ours (limits)
+    health_check_period_s: float = 10.0
+
+
+@dataclass
+class Limits:
+    max_upload_mb: float = 200.0  # whole request body; more -> 413
+    max_media_seconds: float = 600.0  # any uploaded video or audio; longer -> 422
+    generate_max_seconds: float = 60.0  # POST /generate speech; longer -> 422 (use POST /jobs)
+    max_text_chars: int = 2000
+    max_num_steps: int = 100
+    video_types: list[str] = field(default_factory=lambda: list(VIDEO_SUFFIXES))
+    image_types: list[str] = field(default_factory=lambda: list(IMAGE_SUFFIXES))
+    audio_types: list[str] = field(default_factory=lambda: list(AUDIO_SUFFIXES))  # plus video_types
+    max_pending_requests: int = 8  # POST /generate running or waiting per ingress replica; more -> 503
+    retry_after_s: int = 10
+    request_timeout_s: float = 600.0  # POST /generate end to end; past it -> 504
+    upload_idle_timeout_s: float = 60.0  # no body bytes for this long -> 408
+
+
+@dataclass
+class JobSettings:
+    concurrency: int = 1  # jobs one ingress replica runs at a time
+    max_queued: int = 100  # queued + running jobs; more -> 503
+    timeout_s: float = 3600.0  # a job running longer fails
+    max_attempts: int = 2  # runs of a job whose replica died under it before it is marked failed
+    heartbeat_s: float = 2.0
+    stale_after_s: float = 30.0  # a running job without heartbeat this long lost its replica
+    keep_hours: float = 24.0  # finished jobs (record + result) are deleted after this
+    poll_s: float = 0.5
+
+
+@dataclass
+class Defaults:
+    """Generation options when a request does not give them."""
+
+    num_steps: int | None = None  # None: the profile's (20)
+    guidance_scale: float | None = None
+    seed: int = 1247
+    web_num_steps: int = 10  # the web page's slider starts here
+
+
+@dataclass
+class AppSettings:
+    mode: str = "web"  # api: the HTTP API; web: the API plus the page at /
+    state_dir: str | None = None  # jobs.sqlite, job inputs and results, request temp files
+    model: ModelSettings = field(default_factory=ModelSettings)
+    ingress: IngressSettings = field(default_factory=IngressSettings)
+    limits: Limits = field(default_factory=Limits)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    defaults: Defaults = field(default_factory=Defaults)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resolved_state_dir(self) -> Path:
+        return resolve_state_dir(self.state_dir)
+
+
+def resolve_state_dir(value: str | None) -> Path:
+    if value:
+        return Path(os.path.expanduser(value)).absolute()
+    env = os.environ.get("LIPSYNC_STATE_DIR")
+    if env:
+        return Path(os.path.expanduser(env)).absolute()
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "lipsync" / "serve"
+
+
+def _build(cls, data: Any, where: str):
+    if data is None:
+        return cls()
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    if not isinstance(data, dict):
+        raise ValueError(f"serve settings: '{where}' must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"serve settings: unknown key(s) under '{where}': {', '.join(unknown)} "
+                         f"(known: {', '.join(fields)})")
+    values = {}
+    for name, value in data.items():
+        sub = _NESTED.get((cls, name))
+        values[name] = _build(sub, value, f"{where}.{name}" if where else name) if sub else value
+    return cls(**values)
+
+
+_NESTED = {
+    (AppSettings, "model"): ModelSettings,
+    (AppSettings, "ingress"): IngressSettings,
+    (AppSettings, "limits"): Limits,
+    (AppSettings, "jobs"): JobSettings,
+    (AppSettings, "defaults"): Defaults,
+}
+
+
+def load_settings(args: dict | AppSettings | None) -> AppSettings:
+    """Settings from an application's ``args`` mapping (missing keys take the defaults above)."""
+    settings = args if isinstance(args, AppSettings) else _build(AppSettings, args or {}, "")
+    if settings.mode not in ("api", "web"):
+        raise ValueError(f"serve settings: mode must be 'api' or 'web', not {settings.mode!r}")
+    for name in ("video_types", "image_types", "audio_types"):
+        setattr(settings.limits, name, [s.lower() if s.startswith(".") else "." + s.lower()
+                                        for s in getattr(settings.limits, name)])
+    return settings
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``override`` laid over ``base`` recursively (None values in override are ignored)."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key, {}), dict):
+            out[key] = merge(out.get(key) or {}, value)
+        else:
+            out[key] = value
+    return out
