@@ -20,6 +20,9 @@ subcommands:
   synth     render a synthetic talking-head corpus with ground truth (test data, demos, training)
   tts       turn text into 16 kHz speech with a phoneme timeline (offline espeak-ng)
   probe     show what the system sees in a media file: streams, fps, duration, faces
+  dub       batch dubbing of many clips as one Ray Data job (local Ray or --address)
+  serve     HTTP API and web page on Ray Serve
+  eval      lip-sync metrics of a video: LSE-C / LSE-D / offset, accuracy, mouth, temporal, SSIM / PSNR
 """
 
 
@@ -105,7 +108,7 @@ def _add_ray_commands(sub):
     """Subcommands that run on Ray live beside their Ray code; their parser modules import no Ray."""
     import importlib
 
-    for module in ("pipelines.cli", "serve.cli"):
+    for module in ("pipelines.cli", "serve.cli", "lipsync.train.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:
@@ -224,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_tts(sub)
     _add_probe(sub)
+    from lipsync.eval.cli import add_parser as _add_eval
+
+    _add_eval(sub)
     return parser
 
 
