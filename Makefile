@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean samples
+.PHONY: demo test venv clean samples tiny-model
 
 $(STAMP): pyproject.toml
 	@echo "Setting up $(VENV) (the first run downloads the packages: a few minutes) ..."
@@ -28,6 +28,20 @@ samples: $(STAMP)
 	cp out/samples/clip_00000/video.mp4 samples/face.mp4
 	$(VENV)/bin/lipsync tts --text "Welcome to lip sync. This voice was never spoken by her." \
 		--lang en --voice f2 --rate 165 --out samples/speech.wav
+
+# The default `tiny` model from scratch on CPU: synthetic corpus -> shards -> VAE -> SyncNet (5 frames,
+# the evaluator's) -> UNet stage 1. synth and preprocess skip finished clips; add --resume to a
+# `lipsync train` line to continue a run that stopped.
+TRAIN := out/train
+TRAIN_ARGS := --data $(TRAIN)/shards --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs
+tiny-model: $(STAMP)
+	$(VENV)/bin/lipsync synth --out $(TRAIN)/corpus --num 240 --seconds 5 --seed 100 --size 192 --split train
+	$(VENV)/bin/lipsync synth --out $(TRAIN)/heldout --num 24 --seconds 5 --seed 9000 --size 192 --split test
+	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/corpus --output $(TRAIN)/shards --val_fraction 0.05
+	$(VENV)/bin/lipsync train --config configs/train/vae.yaml $(TRAIN_ARGS) --set train.max_steps=500
+	$(VENV)/bin/lipsync train --config configs/train/syncnet.yaml $(TRAIN_ARGS) --set syncnet_config.num_frames=5 --name tiny-syncnet5
+	$(VENV)/bin/lipsync train --config configs/train/unet_stage1.yaml $(TRAIN_ARGS) \
+		--set init_from=$(TRAIN)/ckpt/tiny-vae/model --set train.grad_accum=1 --set train.warmup_steps=50
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)

@@ -22,6 +22,8 @@ subcommands:
   probe     show what the system sees in a media file: streams, fps, duration, faces
   dub       batch dubbing of many clips as one Ray Data job (local Ray or --address)
   serve     HTTP API and web page on Ray Serve
+  preprocess  clips -> Parquet training shards (Ray Data)
+  train     train a recipe of configs/train/ on Ray Train
   eval      lip-sync metrics of a video: LSE-C / LSE-D / offset, accuracy, mouth, temporal, SSIM / PSNR
 """
 

@@ -62,6 +62,8 @@ def dub_arguments(p: argparse.ArgumentParser) -> None:
 def add_parsers(sub) -> None:
     """Called by ``lipsync/cli.py`` to register the Ray-backed subcommands of this package."""
     add_dub_parser(sub)
+    from pipelines.preprocess_cli import add_parsers as add_preprocess_parsers  # lipsync preprocess
+    add_preprocess_parsers(sub)
 
 
 def cmd_dub(args) -> int:

@@ -17,4 +17,13 @@ def evaluate(video, audio=None, reference=None, ground_truth=None, syncnet=None,
                      out_dir=out_dir, device=device, profile=profile)
 
 
-__all__ = ["evaluate"]
+def dub_sync_score(output, task=None) -> float | None:
+    """The batch job's sync score (``evaluator: lipsync.eval:dub_sync_score`` in configs/dub.yaml):
+    LSE-C of a finished output against its own audio track, which is the driving speech, with the
+    bundled SyncNet; None when no window could be scored (e.g. too short for a 5-frame window)."""
+    report = evaluate(output)
+    sync = report.get("sync") or {}
+    return sync.get("lse_c")
+
+
+__all__ = ["dub_sync_score", "evaluate"]

@@ -1,0 +1,101 @@
+"""``lipsync train``: a training recipe on Ray Train. Registered by ``lipsync/cli.py`` through
+``add_parsers``; nothing here imports Ray until the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Train one recipe (configs/train/{vae,syncnet,unet_stage1,unet_stage2}.yaml) with Ray Train:
+TorchTrainer workers (DDP: gloo on CPU, NCCL on GPU) read the Parquet shards that
+`lipsync preprocess` wrote (data.shards in the config). Checkpoints go to <save_dir>/<name>/
+(kept: train.keep_checkpoints); a killed worker is recovered from the latest checkpoint
+(train.max_failures); --resume continues an existing run where it stopped. TensorBoard scalars go
+to <log_dir>/<name>/. At the end the model is exported to <save_dir>/<name>/model (a folder that
+`lipsync generate --checkpoint_dir` loads; the SyncNet recipe writes <save_dir>/<name>/syncnet).
+
+Order for a new model: vae -> syncnet -> unet_stage1 (init_from: the vae export) ->
+unet_stage2 (init_from: the stage-1 export, syncnet: the SyncNet export).
+"""
+
+
+def _bool(value: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "y", "on"):
+        return True
+    if v in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="recipe config, e.g. configs/train/unet_stage1.yaml")
+    p.add_argument("--log_dir", default="logs", help="TensorBoard logs go to <log_dir>/<name>/ (default logs/)")
+    p.add_argument("--save_dir", default="checkpoints",
+                   help="checkpoints and the export go to <save_dir>/<name>/ (local or s3://; default checkpoints/)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=_bool, metavar="True|False",
+                   help="continue the run <save_dir>/<name> from its latest checkpoint (--resume, --resume True); "
+                        "without it an existing run is an error")
+    p.add_argument("--num_workers", type=int, default=1, help="training workers (DDP processes; default 1)")
+    p.add_argument("--use_gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
+    p.add_argument("--data", default=None, help="override data.shards: the folder `lipsync preprocess` wrote")
+    p.add_argument("--name", default=None, help="run name (default: the config's name, else its file name)")
+    p.add_argument("--export_dir", default=None, help="where the final model goes (default <save_dir>/<name>/model)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set train.max_steps=200 (repeatable)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto, host:port, ray://...); default: the local Ray instance if one "
+                        "runs, else start one")
+    p.set_defaults(func=cmd_train)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="train a recipe (VAE, SyncNet, UNet stage 1/2) on Ray Train",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train_arguments(p)
+
+
+def cmd_train(args) -> int:
+    from lipsync.train.config import load_config
+
+    overrides = list(args.set)
+    if args.data:
+        overrides.append(f"data.shards={args.data}")
+    if args.name:
+        overrides.append(f"name={args.name}")
+    cfg = load_config(args.config, overrides)
+    if args.num_workers < 1:
+        raise ValueError("--num_workers must be >= 1")
+    import ray
+
+    from lipsync.train.trainer import fit
+
+    if not ray.is_initialized():
+        ray.init(**({"address": args.address} if args.address else {}), log_to_driver=True, logging_level="WARNING")
+    out = fit(cfg, args.save_dir, args.log_dir, bool(args.resume), args.num_workers, args.use_gpu, args.export_dir)
+    m = out["metrics"]
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float) and k in
+                      ("loss", "val_loss", "s_per_step"))
+    print(f"train: done at step {m.get('step')} ({shown}) in {out['seconds']:.0f} s; checkpoint {out['checkpoint']}; "
+          f"model {out['export']}")
+    return 0
+
+
+def main_train(argv: list[str] | None = None) -> int:
+    """``jobs/train.py``: the same command, for ``ray job submit``."""
+    import os
+
+    from lipsync.errors import LipSyncError
+
+    parser = argparse.ArgumentParser(prog="jobs/train.py", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    train_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(args.func(args) or 0)
+    except (LipSyncError, ValueError) as err:
+        if os.environ.get("LIPSYNC_DEBUG"):
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1

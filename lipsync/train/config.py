@@ -1,0 +1,158 @@
+"""Training configuration: one YAML file per recipe (``configs/train/*.yaml``), merged over the
+defaults below; unknown keys are errors. ``key.sub=value`` overrides (``--set``) come last."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+from lipsync.errors import LipSyncError
+
+RECIPES = ("vae", "syncnet", "unet_stage1", "unet_stage2")
+
+DEFAULTS: dict = {
+    "recipe": None,  # vae | syncnet | unet_stage1 | unet_stage2
+    "name": None,  # run name (Ray Train's RunConfig name): default the config file's stem
+    "profile": "tiny",  # model profile (architecture, crop size, mask)
+    "init_from": None,  # a model folder (our format): weights of the parts this recipe does not train
+    "syncnet": None,  # folder of a trained SyncNet (stage 2's supervisor; the SyncNet recipe's start)
+    "syncnet_config": {},  # recipe syncnet: SyncNetConfig fields (num_frames, image_size, ...)
+    "export_dir": None,  # default <save_dir>/<name>/model
+    "data": {
+        "shards": None,  # the folder `lipsync preprocess` wrote (local or s3://)
+        "train_split": "train",
+        "val_split": "val",
+        "batch_size": 2,  # windows per worker per micro-step
+        "window": 16,  # frames per window (1 for the VAE: single frames)
+        "reference": False,  # also a reference window from other frames of the same segment
+        "audio_margin": 12,  # frames of audio context kept on each side of a window
+        "cache": True,  # hold the worker's shard in memory (else stream it, epoch after epoch)
+        "buffer_segments": 256,  # streaming: segments sampled from at a time
+        "latent_cache_segments": 512,  # UNet recipes: segments whose frozen-VAE latents are kept (~0.9 MB each)
+        "val_batches": 4,  # batches per worker at each validation
+    },
+    "train": {
+        "max_steps": 1000,
+        "lr": 1.0e-4,
+        "weight_decay": 1.0e-2,
+        "betas": [0.9, 0.999],
+        "warmup_steps": 0,
+        "grad_clip": 1.0,
+        "grad_accum": 1,  # micro-batches per optimizer step
+        "amp": "auto",  # auto (bf16 on GPU, off on CPU) | off | bf16 | fp16 (GPU only)
+        "seed": 0,
+        "log_every": 10,
+        "checkpoint_every": 200,
+        "keep_checkpoints": 3,
+        "max_failures": 3,  # worker failures recovered from the latest checkpoint
+        "pg_shutdown_timeout_s": None,  # wait for a failed group's torch process group to close (Ray: 30 s)
+        "torch_threads": "auto",  # per worker
+        "cpus_per_worker": "auto",  # CPU workers: fractional allowed; auto leaves room for Ray Data
+        "trainable": None,  # UNet: name patterns of the trainable parameters (None: all)
+        "train_audio_encoder": True,  # UNet recipes: the learned mel encoder trains with the UNet
+    },
+    "loss": {
+        # vae
+        "l1": 1.0,
+        "mse": 0.0,
+        "kl": 1.0e-4,  # per latent element
+        # unet
+        "mixed_noise_alpha": 1.0,  # shared/per-frame noise ratio (LatentSync: 1); 0 = independent noise
+        "audio_drop_prob": 0.05,  # tokens zeroed (classifier-free guidance's unconditional branch)
+        "noise_mse": 1.0,
+        # unet stage 2 (pixel losses on the decoded one-step x0 estimate)
+        "sync": 0.05,
+        "sync_windows": [5, 16],  # multi-scale sync loss: window lengths the SyncNet accepts
+        "trepa": 1.0,
+        "trepa_weights": None,  # safetensors of lipsync.train.losses.VideoEncoder; None = random, fixed seed
+        "temporal": 1.0,
+        "lpips": 0.1,  # used only with lpips_vgg_weights
+        "lpips_vgg_weights": None,  # VGG16 weights (torchvision key names); None = LPIPS skipped
+        "lpips_lin_weights": None,  # LPIPS linear heads (lpips package's vgg.pth); None = equal weights
+        "pixel_frames": None,  # decode only this many frames of the window for pixel losses (None: all)
+        # syncnet
+        "syncnet_shift_negatives": True,
+    },
+    "debug": {
+        "crash_at_step": None,  # test only: rank `crash_rank` exits at this step, once (marker file)
+        "crash_rank": 1,
+        "crash_marker": None,
+        "crash_delay_s": 3.0,  # wait before exiting (Ray Train registers reports every 2 s)
+    },
+}
+
+
+class TrainConfigError(LipSyncError):
+    """A training configuration that cannot run."""
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    source = str(path)
+    try:
+        data = yaml.safe_load(Path(source).read_text()) or {}
+    except OSError as err:
+        raise TrainConfigError(f"{source}: cannot read the config ({type(err).__name__})") from err
+    except yaml.YAMLError as err:
+        raise TrainConfigError(f"{source}: not valid YAML ({' '.join(str(err).split())})") from err
+    merge(cfg, data, source)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TrainConfigError(f"--set {item!r}: use key.sub=value, e.g. train.max_steps=100")
+        node: dict = {}
+        leaf = node
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            leaf = leaf.setdefault(p, {})
+        leaf[parts[-1]] = yaml.safe_load(value)
+        merge(cfg, node, f"--set {item}")
+    if not cfg["name"]:
+        cfg["name"] = Path(source).stem
+    validate(cfg, source)
+    return cfg
+
+
+def from_dict(data: dict, source: str = "<dict>") -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    merge(cfg, data, source)
+    cfg["name"] = cfg["name"] or str(cfg["recipe"])
+    validate(cfg, source)
+    return cfg
+
+
+def merge(cfg: dict, data: dict, source: str, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{source}: expected a mapping at {prefix or 'the top level'}")
+    for k, v in data.items():
+        if k not in cfg:
+            known = ", ".join(prefix + x for x in cfg)
+            raise TrainConfigError(f"{source}: unknown key {prefix + k!r} (known: {known})")
+        if isinstance(cfg[k], dict) and cfg[k]:
+            merge(cfg[k], v, source, prefix + k + ".")
+        elif isinstance(cfg[k], dict):  # a free-form mapping (e.g. syncnet_config)
+            if not isinstance(v, dict):
+                raise TrainConfigError(f"{source}: {prefix + k} must be a mapping")
+            cfg[k].update(v)
+        else:
+            cfg[k] = v
+
+
+def validate(cfg: dict, source: str) -> None:
+    if cfg["recipe"] not in RECIPES:
+        raise TrainConfigError(f"{source}: recipe must be one of {', '.join(RECIPES)}, got {cfg['recipe']!r}")
+    t, d = cfg["train"], cfg["data"]
+    for key, lo in (("max_steps", 0), ("grad_accum", 1), ("checkpoint_every", 1), ("log_every", 1),
+                    ("keep_checkpoints", 1)):
+        if not isinstance(t[key], int) or t[key] < lo:
+            raise TrainConfigError(f"{source}: train.{key} must be an integer >= {lo}, got {t[key]!r}")
+    for key, lo in (("batch_size", 1), ("window", 1), ("audio_margin", 0), ("val_batches", 0)):
+        if not isinstance(d[key], int) or d[key] < lo:
+            raise TrainConfigError(f"{source}: data.{key} must be an integer >= {lo}, got {d[key]!r}")
+    if t["amp"] not in ("auto", "off", "bf16", "fp16"):
+        raise TrainConfigError(f"{source}: train.amp must be auto, off, bf16 or fp16")
+    if float(t["lr"]) <= 0:
+        raise TrainConfigError(f"{source}: train.lr must be > 0")

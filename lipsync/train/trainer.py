@@ -1,0 +1,197 @@
+"""The driver of a training run: Ray Train's ``TorchTrainer`` over the preprocessing shards.
+
+``fit`` builds::
+
+    TorchTrainer(train_loop_per_worker, train_loop_config={"cfg": ..., "log_dir": ..., "run_name": ...},
+                 scaling_config=ScalingConfig(num_workers, use_gpu, resources_per_worker),
+                 run_config=RunConfig(name, storage_path=save_dir,
+                                      failure_config=FailureConfig(max_failures),
+                                      checkpoint_config=CheckpointConfig(num_to_keep)),
+                 datasets={"train": read_parquet(<shards>/train)},
+                 dataset_config=DataConfig(datasets_to_split=["train"]))
+
+Each worker reads its shard of ``train`` through ``ray.train.get_dataset_shard``; the validation
+shards (``<shards>/val``, small) are read directly by rank 0 at the start (a Ray Data execution
+more would cost worker processes and seconds for a few segments).
+
+DDP comes from ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU). Resume: the same run
+name under the same ``save_dir`` continues from its latest checkpoint (Ray Train restores it); a
+run that exists is never overwritten silently (``resume=False`` on an existing run is an error).
+After ``fit`` the latest checkpoint is exported to the inference folder format.
+
+Ray is imported only here and in :class:`lipsync.train.loop.RaySession` (inside functions), so the
+rest of :mod:`lipsync.train` stays usable without it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from lipsync.train.config import TrainConfigError
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _join(root: str, *parts: str) -> str:
+    from lipsync.media.uri import is_remote
+
+    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else os.path.join(root, *parts)
+
+
+def _abs(uri: str) -> str:
+    from lipsync.media.uri import is_remote, local_path
+
+    return uri if is_remote(uri) else os.path.abspath(local_path(uri))
+
+
+def _exists(uri: str) -> bool:
+    import fsspec
+
+    from lipsync.media.uri import is_remote, storage_options
+
+    if not is_remote(uri):
+        return os.path.exists(uri)
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options())
+    return fs.exists(path)
+
+
+def _parquet_files(uri: str) -> list[str]:
+    import fsspec
+
+    from lipsync.media.uri import is_remote, storage_options
+
+    if not is_remote(uri):
+        if not os.path.isdir(uri):
+            return []
+        return sorted(os.path.join(uri, f) for f in os.listdir(uri) if f.endswith(".parquet"))
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options())
+    if not fs.exists(path):
+        return []
+    proto = uri.split("://", 1)[0]
+    return sorted(f"{proto}://{p}" for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+
+
+def cpus_per_worker(cfg: dict, cluster_cpus: float, num_workers: int, use_gpu: bool) -> float:
+    """'auto': 1 CPU per GPU worker; CPU workers share all but one CPU, in quarter CPUs, at most 1
+    each. The CPU left is Ray Data's: its file-listing task takes a whole CPU and its budget is what
+    the workers leave, so workers holding every CPU (or all but a fraction) hang the read forever
+    (seen here with 2 x 0.75 CPU on a 2-CPU node; DESIGN.md §7). A worker's torch threads are set
+    separately (``train.torch_threads``), so a 0.5-CPU worker still computes on a whole core."""
+    c = cfg["train"]["cpus_per_worker"]
+    if c not in ("auto", None):
+        return float(c)
+    if use_gpu:
+        return 1.0
+    share = (cluster_cpus - 1.0) / max(num_workers, 1)
+    return max(0.25, min(1.0, math.floor(share * 4) / 4))
+
+
+def absolute_paths(cfg: dict) -> dict:
+    """A copy of ``cfg`` whose local paths are absolute: workers do not share the driver's cwd."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    fix = lambda v: _abs(str(v)) if v else v  # noqa: E731
+    cfg["init_from"] = fix(cfg["init_from"])
+    cfg["syncnet"] = [fix(v) for v in cfg["syncnet"]] if isinstance(cfg["syncnet"], list) else fix(cfg["syncnet"])
+    cfg["data"]["shards"] = fix(cfg["data"]["shards"])
+    for k in ("trepa_weights", "lpips_vgg_weights", "lpips_lin_weights"):
+        cfg["loss"][k] = fix(cfg["loss"][k])
+    cfg["debug"]["crash_marker"] = fix(cfg["debug"]["crash_marker"])
+    return cfg
+
+
+def fit(cfg: dict, save_dir: str, log_dir: str | None = None, resume: bool = False, num_workers: int = 1,
+        use_gpu: bool = False, export_dir: str | None = None, say=None) -> dict:
+    """Train ``cfg`` on the Ray instance this process is connected to and export the result.
+    Returns {"metrics", "checkpoint", "export", "seconds"}."""
+    import ray
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lipsync.train.loop import train_loop_per_worker
+
+    say = say or (lambda msg: print(msg, flush=True))
+    if not ray.is_initialized():
+        raise RuntimeError("fit needs a Ray connection: call ray.init() first")
+    t0 = time.perf_counter()
+    cfg = absolute_paths(cfg)
+    d = cfg["data"]
+    if not d["shards"]:
+        raise TrainConfigError("data.shards is not set: the folder `lipsync preprocess` wrote")
+    shards = _abs(str(d["shards"]))
+    train_files = _parquet_files(_join(shards, d["train_split"]))
+    if not train_files:
+        raise TrainConfigError(f"{_join(shards, d['train_split'])}: no Parquet shards (run `lipsync preprocess` first)")
+    val_files = _parquet_files(_join(shards, d["val_split"])) if d["val_split"] else []
+    if not val_files:
+        say(f"note: no validation shards in {_join(shards, str(d['val_split']))}: no validation loss")
+    total = ray.cluster_resources()
+    if use_gpu and float(total.get("GPU", 0)) < num_workers:
+        raise TrainConfigError(f"--use_gpu with {num_workers} worker(s) but the cluster has "
+                               f"{float(total.get('GPU', 0)):g} GPU(s)")
+    name = cfg["name"]
+    save_dir = _abs(save_dir)
+    run_dir = _join(save_dir, name)
+    existing = _exists(_join(run_dir, SNAPSHOT))
+    if existing and not resume:
+        raise TrainConfigError(f"{run_dir}: a run named {name!r} already exists; pass --resume to continue it "
+                               "from its latest checkpoint, or choose another --save_dir or name")
+    if resume and not existing:
+        say(f"note: nothing to resume in {run_dir}: starting a new run")
+    cpw = cpus_per_worker(cfg, float(total.get("CPU", 0)), num_workers, use_gpu)
+    resources = {"CPU": cpw, **({"GPU": 1} if use_gpu else {})}
+    ctx = ray.data.DataContext.get_current()
+    bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = False  # the datasets keep a copy of the context: no bars in the workers' logs
+    try:
+        datasets = {d["train_split"]: ray.data.read_parquet(train_files)}
+    finally:
+        ctx.enable_progress_bars = bars
+    t = cfg["train"]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "log_dir": _abs(log_dir) if log_dir else None, "run_name": name,
+                           "val_files": val_files},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=save_dir,
+                             failure_config=FailureConfig(max_failures=int(t["max_failures"])),
+                             checkpoint_config=CheckpointConfig(num_to_keep=int(t["keep_checkpoints"]))),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[d["train_split"]]),
+    )
+    say(f"train: recipe {cfg['recipe']}, run {name!r} in {run_dir}, {num_workers} worker(s) x "
+        f"{cpw:g} CPU{' + 1 GPU' if use_gpu else ''}, {len(train_files)} train shard file(s), "
+        f"{len(val_files)} val")
+    # A failed worker group's survivors sit in a collective that never completes, so closing their
+    # process group waits out Ray's timeout (30 s by default) before the restart; the variable is
+    # one Ray Train hands from the driver to its controller.
+    env_key = "TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"
+    old_env = os.environ.get(env_key)
+    if t["pg_shutdown_timeout_s"] is not None:
+        os.environ[env_key] = str(int(t["pg_shutdown_timeout_s"]))
+    try:
+        result = trainer.fit()
+    finally:
+        if t["pg_shutdown_timeout_s"] is not None:
+            if old_env is None:
+                os.environ.pop(env_key, None)
+            else:
+                os.environ[env_key] = old_env
+    if result.error is not None:
+        raise result.error
+    ckpt = result.checkpoint
+    out = {"metrics": dict(result.metrics or {}), "checkpoint": ckpt.path if ckpt else None, "export": None}
+    if ckpt is not None:
+        from lipsync.train.export import export_checkpoint
+        from lipsync.train.recipes import recipe_for
+
+        target = export_dir or cfg["export_dir"] or recipe_for(cfg).default_export_dir(run_dir)
+        with ckpt.as_directory() as local:
+            out["export"] = export_checkpoint(local, target, cfg)
+        say(f"exported -> {out['export']}")
+    out["seconds"] = time.perf_counter() - t0
+    return out
