@@ -235,22 +235,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_parsed(args) -> int:
+    """Run a parsed subcommand: a LipSyncError or a bad value is one line on stderr and exit code 1,
+    never a traceback (``LIPSYNC_DEBUG=1`` shows it)."""
+    try:
+        return int(args.func(args) or 0)
+    except (LipSyncError, ValueError) as err:
+        if os.environ.get("LIPSYNC_DEBUG"):
+            raise
+        text = str(err)
+        print(f"error: {' '.join(text.split()) if len(text) < 400 else text}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def job_main(prog: str, description: str, add_arguments, argv: list[str] | None = None) -> int:
+    """The ``jobs/*.py`` entrypoints (``ray job submit``): one subcommand as a program of its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_parsed(parser.parse_args(sys.argv[1:] if argv is None else argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except (LipSyncError, ValueError) as err:
-        if os.environ.get("LIPSYNC_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_parsed(args)
 
 
 if __name__ == "__main__":

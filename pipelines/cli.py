@@ -103,18 +103,6 @@ def connect(address: str | None) -> None:
 
 def main_dub(argv: list[str] | None = None) -> int:
     """``jobs/dub.py``: the same command, for ``ray job submit``."""
-    import os
+    from lipsync.cli import job_main
 
-    from lipsync.errors import LipSyncError
-
-    parser = argparse.ArgumentParser(prog="jobs/dub.py", description=DUB_DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    dub_arguments(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return int(args.func(args) or 0)
-    except (LipSyncError, ValueError) as err:
-        if os.environ.get("LIPSYNC_DEBUG"):
-            raise
-        print(f"error: {' '.join(str(err).split()) if len(str(err)) < 400 else str(err)}", file=sys.stderr)
-        return 1
+    return job_main("jobs/dub.py", DUB_DESCRIPTION, dub_arguments, argv)

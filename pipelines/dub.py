@@ -47,7 +47,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from lipsync.errors import LipSyncError
 from lipsync.pipeline.batch import (Result, VideoPlan, completed, describe_error, fingerprint, format_summary,
@@ -82,41 +81,13 @@ class PipelineError(LipSyncError):
 
 # -- configuration ------------------------------------------------------------------------------
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict:
-    """DEFAULTS, updated by the YAML file ``path`` and by ``key.sub=value`` overrides."""
-    cfg = copy.deepcopy(DEFAULTS)
-    source = str(path or DEFAULT_CONFIG)
-    if path is not None or DEFAULT_CONFIG.is_file():
-        try:
-            data = yaml.safe_load(Path(source).read_text()) or {}
-        except OSError as err:
-            raise ConfigError(f"{source}: cannot read the config ({type(err).__name__})") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{source}: not valid YAML ({' '.join(str(err).split())})") from err
-        _merge(cfg, data, source)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: use key.sub=value, e.g. denoise.actors=2")
-        node: dict = {}
-        leaf = node
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            leaf = leaf.setdefault(p, {})
-        leaf[parts[-1]] = yaml.safe_load(value)
-        _merge(cfg, node, f"--set {item}")
-    return cfg
+    """DEFAULTS, updated by the YAML file ``path`` (default configs/dub.yaml when it exists) and by
+    ``key.sub=value`` overrides."""
+    from lipsync.config_tree import load_tree
 
-
-def _merge(cfg: dict, data: dict, source: str, prefix: str = "") -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at {prefix or 'the top level'}")
-    for k, v in data.items():
-        if k not in cfg:
-            raise ConfigError(f"{source}: unknown key {prefix + k!r} (known: {', '.join(prefix + x for x in cfg)})")
-        if isinstance(cfg[k], dict):
-            _merge(cfg[k], v, source, prefix + k + ".")
-        else:
-            cfg[k] = v
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    return load_tree(DEFAULTS, path, overrides, ConfigError, "denoise.actors=2")
 
 
 @dataclass

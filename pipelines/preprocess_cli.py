@@ -4,7 +4,6 @@ through ``add_parsers``; nothing here imports Ray until the command runs."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 DESCRIPTION = """\
 Turn a folder of talking-head videos into training shards on Ray: decode at 25 fps and 16 kHz,
@@ -85,18 +84,6 @@ def cmd_preprocess(args) -> int:
 
 def main_preprocess(argv: list[str] | None = None) -> int:
     """``jobs/preprocess.py``: the same command, for ``ray job submit``."""
-    import os
+    from lipsync.cli import job_main
 
-    from lipsync.errors import LipSyncError
-
-    parser = argparse.ArgumentParser(prog="jobs/preprocess.py", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    preprocess_arguments(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return int(args.func(args) or 0)
-    except (LipSyncError, ValueError) as err:
-        if os.environ.get("LIPSYNC_DEBUG"):
-            raise
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    return job_main("jobs/preprocess.py", DESCRIPTION, preprocess_arguments, argv)

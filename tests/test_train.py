@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +124,23 @@ def test_cli_resume_flag():
     assert p.parse_args(["--config", "x.yaml", "--resume"]).resume is True
     assert p.parse_args(["--config", "x.yaml", "--resume", "False"]).resume is False  # the seed's spelling
     assert p.parse_args(["--config", "x.yaml", "--resume", "True"]).resume is True
+
+
+def test_recipe_configs_load_and_bad_ones_say_why(tmp_path):
+    from lipsync.train.config import TrainConfigError, load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "train"
+    for f in sorted(root.glob("*.yaml")):
+        cfg = load_config(f, ["train.max_steps=7"])
+        assert cfg["recipe"] == f.stem and cfg["train"]["max_steps"] == 7
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: vae\ntrain: {max_stepz: 3}\n")
+    with pytest.raises(TrainConfigError, match=r"bad.yaml: unknown key 'train.max_stepz'"):
+        load_config(bad)
+    with pytest.raises(TrainConfigError, match="use key.sub=value"):
+        load_config(root / "vae.yaml", ["train.max_steps"])
+    with pytest.raises(TrainConfigError, match="recipe must be one of"):
+        load_config(root / "vae.yaml", ["recipe=gan"])
 
 
 def _states(run_dir) -> dict[int, dict]:

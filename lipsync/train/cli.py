@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 DESCRIPTION = """\
 Train one recipe (configs/train/{vae,syncnet,unet_stage1,unet_stage2}.yaml) with Ray Train:
@@ -84,18 +83,6 @@ def cmd_train(args) -> int:
 
 def main_train(argv: list[str] | None = None) -> int:
     """``jobs/train.py``: the same command, for ``ray job submit``."""
-    import os
+    from lipsync.cli import job_main
 
-    from lipsync.errors import LipSyncError
-
-    parser = argparse.ArgumentParser(prog="jobs/train.py", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    train_arguments(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return int(args.func(args) or 0)
-    except (LipSyncError, ValueError) as err:
-        if os.environ.get("LIPSYNC_DEBUG"):
-            raise
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    return job_main("jobs/train.py", DESCRIPTION, train_arguments, argv)

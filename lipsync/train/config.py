@@ -7,7 +7,7 @@ import copy
 import os
 from pathlib import Path
 
-import yaml
+from lipsync.config_tree import load_tree, merge
 
 from lipsync.errors import LipSyncError
 
@@ -90,26 +90,8 @@ class TrainConfigError(LipSyncError):
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
     source = str(path)
-    try:
-        data = yaml.safe_load(Path(source).read_text()) or {}
-    except OSError as err:
-        raise TrainConfigError(f"{source}: cannot read the config ({type(err).__name__})") from err
-    except yaml.YAMLError as err:
-        raise TrainConfigError(f"{source}: not valid YAML ({' '.join(str(err).split())})") from err
-    merge(cfg, data, source)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise TrainConfigError(f"--set {item!r}: use key.sub=value, e.g. train.max_steps=100")
-        node: dict = {}
-        leaf = node
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            leaf = leaf.setdefault(p, {})
-        leaf[parts[-1]] = yaml.safe_load(value)
-        merge(cfg, node, f"--set {item}")
+    cfg = load_tree(DEFAULTS, source, overrides, TrainConfigError, "train.max_steps=100")
     if not cfg["name"]:
         cfg["name"] = Path(source).stem
     validate(cfg, source)
@@ -118,27 +100,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 def from_dict(data: dict, source: str = "<dict>") -> dict:
     cfg = copy.deepcopy(DEFAULTS)
-    merge(cfg, data, source)
+    merge(cfg, data, source, TrainConfigError)
     cfg["name"] = cfg["name"] or str(cfg["recipe"])
     validate(cfg, source)
     return cfg
-
-
-def merge(cfg: dict, data: dict, source: str, prefix: str = "") -> None:
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"{source}: expected a mapping at {prefix or 'the top level'}")
-    for k, v in data.items():
-        if k not in cfg:
-            known = ", ".join(prefix + x for x in cfg)
-            raise TrainConfigError(f"{source}: unknown key {prefix + k!r} (known: {known})")
-        if isinstance(cfg[k], dict) and cfg[k]:
-            merge(cfg[k], v, source, prefix + k + ".")
-        elif isinstance(cfg[k], dict):  # a free-form mapping (e.g. syncnet_config)
-            if not isinstance(v, dict):
-                raise TrainConfigError(f"{source}: {prefix + k} must be a mapping")
-            cfg[k].update(v)
-        else:
-            cfg[k] = v
 
 
 def validate(cfg: dict, source: str) -> None:
