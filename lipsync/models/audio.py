@@ -21,7 +21,6 @@ Implementations:
 from __future__ import annotations
 
 import abc
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsync.errors import CheckpointError
-from lipsync.models.weights import load_strict, read_state_dict
+from lipsync.models.weights import load_strict, read_config, read_state_dict
 from lipsync.models.whisper import (HOP_LENGTH, SAMPLE_RATE, WhisperDims, WhisperEncoder, load_whisper_encoder,
                                     log_mel_power, log_mel_spectrogram)
 
@@ -210,27 +209,20 @@ class WhisperAudioEncoder(AudioEncoder):
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """``config.json`` (dims + windowing) + ``model.safetensors`` (OpenAI key names), for our
         model folders; LatentSync's own ``tiny.pt`` is read by :meth:`from_file`."""
-        from safetensors.torch import save_file
+        from lipsync.models.weights import save_config_and_weights
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         cfg = {"model_type": "lipsync_whisper_audio_encoder", "dims": asdict(self.encoder.dims),
                "windowing": self.windowing, "pad_mode": self.pad_mode,
                "context_s": self.context_steps / self.steps_per_second,
                "blend_s": self.blend_steps / self.steps_per_second}
-        _write_atomic(folder / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
-        state = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}
-        _write_atomic(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        save_config_and_weights(folder, cfg, {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "WhisperAudioEncoder":
         folder = Path(folder)
         config_path = folder / "config.json"
-        try:
-            cfg = json.loads(config_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(str(config_path), f"unreadable or missing config ({err})") from err
-        if not isinstance(cfg, dict) or cfg.get("model_type") != "lipsync_whisper_audio_encoder":
+        cfg = read_config(folder, "Whisper audio encoder")
+        if cfg.get("model_type") != "lipsync_whisper_audio_encoder":
             raise CheckpointError(str(config_path), "not a Whisper audio encoder config")
         weights = folder / "model.safetensors"
         state = {k.removeprefix("encoder."): v for k, v in read_state_dict(weights).items()}
@@ -446,29 +438,20 @@ class MelAudioEncoder(AudioEncoder):
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """``config.json`` + ``model.safetensors`` in ``folder`` (written atomically)."""
-        from safetensors.torch import save_file
+        from lipsync.models.weights import save_config_and_weights
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         cfg = asdict(self.config)
         cfg["dilations"] = list(cfg["dilations"])
-        _write_atomic(folder / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _write_atomic(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        save_config_and_weights(folder, cfg, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> "MelAudioEncoder":
         folder = Path(folder)
         config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(str(config_path), "file not found (the mel audio encoder folder needs config.json)")
-        try:
-            raw = json.loads(config_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(str(config_path), f"unreadable JSON ({err})") from err
+        raw = read_config(folder, "mel audio encoder")
         known = {f.name for f in fields(MelAudioEncoderConfig)}
-        unknown = sorted(set(raw) - known) if isinstance(raw, dict) else []
-        if not isinstance(raw, dict) or unknown:
+        unknown = sorted(set(raw) - known)
+        if unknown:
             raise CheckpointError(str(config_path), f"not a mel audio encoder config (unknown keys {unknown})")
         try:
             model = cls(MelAudioEncoderConfig(**raw))
@@ -477,13 +460,6 @@ class MelAudioEncoder(AudioEncoder):
         weights = folder / "model.safetensors"
         load_strict(model, read_state_dict(weights), weights, what="mel audio encoder")
         return model.to(map_location)
-
-
-def _write_atomic(path: Path, write) -> None:
-    from lipsync.media.uri import atomic_output
-
-    with atomic_output(str(path)) as tmp:
-        write(Path(tmp))
 
 
 __all__ = ["AudioEncoder", "MelAudioEncoder", "MelAudioEncoderConfig", "WhisperAudioEncoder",

@@ -26,7 +26,6 @@ MFCC (:func:`mfcc_v2`) through a 2-D conv audio encoder, 1024-d unnormalised out
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -224,30 +223,18 @@ class SyncNet(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """``config.json`` + ``model.safetensors`` in ``folder`` (each written atomically)."""
-        from safetensors.torch import save_file
+        from lipsync.models.weights import save_config_and_weights
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        cfg = self.config.to_dict()
-        _write_atomic(folder / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _write_atomic(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        save_config_and_weights(folder, self.config.to_dict(), self.state_dict())
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> "SyncNet":
-        from lipsync.models.weights import load_strict, read_state_dict
+        from lipsync.models.weights import load_strict, read_config, read_state_dict
 
         folder = Path(folder)
         config_path = folder / "config.json"
-        if not folder.is_dir():
-            raise CheckpointError(str(folder), "not a folder: a SyncNet folder holds config.json and model.safetensors")
-        if not config_path.is_file():
-            raise CheckpointError(str(config_path), "file not found (a SyncNet folder needs config.json)")
-        try:
-            raw = json.loads(config_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(str(config_path), f"unreadable JSON ({err})") from err
-        if not isinstance(raw, dict) or raw.get("model_type") != MODEL_TYPE:
+        raw = read_config(folder, "SyncNet")
+        if raw.get("model_type") != MODEL_TYPE:
             raise CheckpointError(str(config_path), f"not a SyncNet config (model_type must be {MODEL_TYPE!r})")
         try:
             model = cls(SyncNetConfig.from_dict(raw))
@@ -256,13 +243,6 @@ class SyncNet(nn.Module):
         weights = folder / "model.safetensors"
         load_strict(model, read_state_dict(weights), weights, what="SyncNet")
         return model.to(map_location).eval()
-
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    from lipsync.media.uri import atomic_output
-
-    with atomic_output(str(path)) as tmp:
-        write(Path(tmp))
 
 
 # ------------------------------------------------------------------------------------ training

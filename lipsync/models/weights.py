@@ -133,3 +133,41 @@ def verify_sha256(path: str | os.PathLike, expected: str, what: str = "weight fi
     if got.lower() != expected.lower():
         raise CheckpointError(str(path), f"sha256 mismatch for the {what}: expected {expected}, file has {got}; "
                                          "the file is corrupt or a different version: download it again")
+
+
+def save_config_and_weights(folder: str | os.PathLike, config: dict, state: Mapping[str, torch.Tensor]) -> None:
+    """A component folder of ours: ``config.json`` + ``model.safetensors``, each written atomically
+    (a reader never sees half a file)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from lipsync.media.uri import atomic_output
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_output(str(folder / "config.json")) as tmp:
+        Path(tmp).write_text(json.dumps(config, indent=2) + "\n")
+    with atomic_output(str(folder / "model.safetensors")) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
+def read_config(folder: str | os.PathLike, what: str) -> dict:
+    """``folder/config.json`` as a dict; a missing folder or file, or bad JSON, is a CheckpointError
+    naming the file and saying it belongs to ``what``."""
+    import json
+
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise CheckpointError(str(folder), f"not a folder: a {what} folder holds config.json and model.safetensors")
+    if not path.is_file():
+        raise CheckpointError(str(path), f"file not found (a {what} folder needs config.json)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(str(path), f"unreadable JSON ({err})") from err
+    if not isinstance(raw, dict):
+        raise CheckpointError(str(path), f"not a {what} config (expected a JSON object)")
+    return raw
