@@ -49,7 +49,7 @@ def make_clips(work: Path, n: int, seconds: float, size: int) -> Path:
         d = work / "clips" / f"c{k}"
         if not (d / "meta.json").exists():
             make_clip(d, seed=500 + k, seconds=seconds, size=size, langs=["en"])
-        rows.append(f"c{k},{d / 'video.mp4'},{d / 'audio.wav'}")
+        rows.append(f"c{k},{(d / 'video.mp4').resolve()},{(d / 'audio.wav').resolve()}")
     manifest = work / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
