@@ -8,6 +8,7 @@ video window ``i`` with audio window ``i + shift``.
 
 from __future__ import annotations
 
+import abc
 import os
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def default_syncnet_path() -> Path:
                           "syncnet_v2.model)")
 
 
-class SyncScorer:
+class SyncScorer(abc.ABC):
     """Common interface; see the module doc."""
 
     name: str
@@ -42,11 +43,13 @@ class SyncScorer:
     crop_size: int | None  # aligned crop size the scorer reads, None if it reads face boxes
     path: str
 
+    @abc.abstractmethod
     def video_embeddings(self, analysis, starts: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def audio_embeddings(self, samples: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        ...
 
 
 class OurScorer(SyncScorer):

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from lipsync.errors import LipSyncError, MediaError, NoFaceError
-from lipsync.face import lower_face_mask
 from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameSource
 from lipsync.pipeline.inputs import FPS, load_native_audio
 from lipsync.pipeline.manifest import DubTask
-from lipsync.pipeline.stages import Compositor, Denoiser, Preparer, WindowInput, denoise_settings, window_planner
+from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput, denoise_settings, regen_mask_of,
+                                     window_planner)
 from lipsync.pipeline.windows import Window
 
 RECORD_DIR = "_done"
@@ -68,7 +68,7 @@ class VideoPlan:
     matrices: np.ndarray  # (n_out, 2, 3) float64 frame -> crop alignment; NaN where no face
     n_shards: int
     overlap: int
-    mask: tuple[int, float, float]  # regenerated region: (crop size, top, side)
+    mask: np.ndarray  # regenerated region on the crop (1 = generate): regen_mask_of(profile)
     frames_with_face: int
     native: np.ndarray | None = None  # the speech for text tasks (audio files are read again)
     native_rate: int | None = None
@@ -167,14 +167,11 @@ class PrepareVideo:
         if source.n_src is not None and source.n_src < n_out and task.video is not None:
             notes.append(f"speech ({speech.driving.duration:.2f} s) is longer than the video "
                          f"({source.n_src / FPS:.2f} s): video looped ({opts.loop})")
-        mask = self.profile.mask or {}
         native = rate = None
         if task.audio is None:  # synthesised speech: small, and costly to make again
             native, rate = speech.driving.native, speech.driving.native_rate
         yield VideoPlan(task, n_out, int(source.n_src or 0), task.image is not None, matrices, n_shards,
-                        planner.overlap, (int(self.profile.resolution), float(mask.get("top", 0.5)),
-                                          float(mask.get("side", 0.0))),
-                        with_face, native, rate, notes, time.perf_counter() - t0 + spent)
+                        planner.overlap, regen_mask_of(self.profile), with_face, native, rate, notes, time.perf_counter() - t0 + spent)
 
 
 def denoise_shards(denoiser: Denoiser, shards: list[Shard], max_batch: int | None = None) -> list[Shard]:
@@ -209,10 +206,9 @@ def finish_video(plan: VideoPlan, shards: list[Shard], output_dir: str | None = 
 
     t0 = time.perf_counter()
     task = plan.task
-    size, top, side = plan.mask
-    compositor = Compositor(lower_face_mask(size, top=top, side=side), plan.overlap)
+    compositor = Compositor(plan.mask, plan.overlap)
     # Windows are blended in as the frames reach them: memory holds one window span, not the video.
-    todo = sorted(((w, g) for sh in shards for w, g in zip(sh.windows, sh.generated)),
+    pending = sorted(((w, g) for sh in shards for w, g in zip(sh.windows, sh.generated)),
                   key=lambda p: p[0].start, reverse=True)
     if plan.native is not None:
         native, rate = plan.native, plan.native_rate
@@ -225,8 +221,8 @@ def finish_video(plan: VideoPlan, shards: list[Shard], output_dir: str | None = 
         source = FrameSource(local, plan.n_out, None, loop=task.options.loop, is_image=plan.is_image,
                              name=source_uri)
         for item in source.replay(plan.n_src):
-            while todo and todo[-1][0].start <= item.index:
-                compositor.add(*todo.pop())
+            while pending and pending[-1][0].start <= item.index:
+                compositor.add(*pending.pop())
             m = plan.matrices[item.index]
             frame, done = compositor.frame(item.index, item.image, None if np.isnan(m[0, 0]) else m)
             pasted += done

@@ -19,6 +19,7 @@ once (``debug.crash_marker`` records that it happened), to exercise ``FailureCon
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import math
@@ -32,16 +33,16 @@ import torch
 STATE_FILE = "state.pt"
 
 
-class Session:
+class Session(abc.ABC):
     """What :func:`run` needs from its surroundings (see RaySession / LocalSession)."""
 
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
 
+    @abc.abstractmethod
     def dataset(self, name: str):
         """The worker's shard of dataset ``name`` (or None)."""
-        raise NotImplementedError
 
     @contextlib.contextmanager
     def latest_checkpoint(self):
@@ -51,8 +52,9 @@ class Session:
     def prepare(self, model):
         return model
 
+    @abc.abstractmethod
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        raise NotImplementedError
+        ...
 
 
 class RaySession(Session):

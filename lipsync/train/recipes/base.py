@@ -7,6 +7,7 @@ weights to the inference folder format. It never touches Ray.
 
 from __future__ import annotations
 
+import abc
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import nn
 from lipsync.train.data import Segment, WindowSampler, WindowSpec, fixed_batches
 
 
-class Recipe:
+class Recipe(abc.ABC):
     name = ""
 
     def __init__(self, cfg: dict, device: torch.device | str = "cpu"):
@@ -47,9 +48,9 @@ class Recipe:
                     self._components = random_components(self.profile, seed=int(self.cfg["train"]["seed"]))
         return self._components
 
+    @abc.abstractmethod
     def build(self) -> nn.Module:
         """The trainable module (on ``self.device``); frozen helpers are set up here too."""
-        raise NotImplementedError
 
     def window_spec(self) -> WindowSpec:
         return WindowSpec.from_config(self.cfg["data"])
@@ -65,18 +66,19 @@ class Recipe:
         return fixed_batches(segments, self.window_spec(), count)
 
     # -- loss --------------------------------------------------------------------------------
+    @abc.abstractmethod
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator,
              train: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        ...
 
     def extra_state(self, model: nn.Module, sampler: WindowSampler) -> dict:
         """Extra facts saved with a checkpoint (e.g. the VAE's latent scale)."""
         return {}
 
     # -- export ------------------------------------------------------------------------------
+    @abc.abstractmethod
     def export(self, state: dict, extra: dict, folder: str | Path) -> Path:
         """Write the trained weights (``state``: the trainable module's state dict) as a model folder."""
-        raise NotImplementedError
 
     def default_export_dir(self, run_dir: str) -> str:
         return f"{run_dir.rstrip('/')}/model"
