@@ -217,3 +217,36 @@ def test_syncnet_v2_scorer_inputs(clip):
         a = scorer.audio_embeddings(load_audio(clip["audio"]))
     assert v.shape == (2, 1024) and np.isfinite(v).all()
     assert a.shape == ((1 + int(np.ceil((64000 - 400) / 160)) - 20) // 4 + 1, 1024)
+
+
+def test_psnr_outside_and_lower_face_change_see_only_the_mouth_edit(clip, tmp_path, media_kit):
+    """A copy of the clip whose mouth and chin are painted grey: the lower-face crop differs from
+    the original, the rest of the frame does not (only the codec lowers PSNR outside), and the
+    per-frame lower-face change is finite wherever two consecutive frames have a face."""
+    from lipsync.eval import evaluate
+    from lipsync.eval.evaluator import analyze_video
+    from lipsync.media.video import iter_frames
+
+    n = 30
+    frames = [f.image for _, f in zip(range(n), iter_frames(clip["video"]))]
+    with one_thread():
+        boxes = analyze_video(clip["video"]).boxes[:n]
+
+    def painted(i):
+        img = frames[i].copy()
+        x0, y0, x1, y1 = boxes[i]
+        w, h = x1 - x0, y1 - y0
+        img[int(y0 + 0.78 * h):int(y1), int(x0 + 0.3 * w):int(x1 - 0.3 * w)] = 128
+        return img
+
+    edited = media_kit.write_video(tmp_path / "edited.mp4", n, 25, size=frames[0].shape[:2], frame_fn=painted)
+    with one_thread():
+        rep = evaluate(edited, clip["audio"], reference=clip["video"], syncnet=clip["syncnet"])
+    ref = rep["reference_metrics"]
+    print("\nreference:", ref)
+    assert ref["frames_compared"] == n
+    assert ref["psnr_lower_face"] < 30 and ref["ssim_lower_face"] < 0.95
+    assert ref["psnr_outside"] > 38 and ref["psnr_outside"] > ref["psnr"] + 5 > ref["psnr_lower_face"] + 10
+    change = rep["series"]["lower_face_change"]
+    assert change[0] is None and all(c is not None and c >= 0 for c in change[1:])
+    assert rep["temporal"]["lower_face_change"] > 0

@@ -37,7 +37,7 @@ class VideoAnalysis:
     boxes: np.ndarray  # (N, 4) mesh boxes, NaN without a face
     crops: np.ndarray  # (N, S, S, 3) uint8 aligned crops (zeros without a face)
     flicker: np.ndarray  # (N,) grey levels outside the regenerated region, NaN where undefined
-    reference: dict | None  # per-frame arrays: ssim, psnr, ssim_lower, psnr_lower (NaN where undefined)
+    reference: dict | None  # per-frame arrays: ssim, psnr, ssim_lower, psnr_lower, psnr_outside (NaN where undefined)
     reference_frames: int = 0
 
     @property
@@ -67,7 +67,7 @@ def analyze_video(video: str, reference: str | None = None, crop_size: int = 96,
 
     crop_mask = lower_face_mask(crop_size, top=mask_top).astype(np.uint8)
     has_face, lms, boxes, crops, flicker = [], [], [], [], []
-    ref_rows: dict[str, list] = {"ssim": [], "psnr": [], "ssim_lower": [], "psnr_lower": []}
+    ref_rows: dict[str, list] = {"ssim": [], "psnr": [], "ssim_lower": [], "psnr_lower": [], "psnr_outside": []}
     grays: list[np.ndarray] = []
     regions: list[np.ndarray] = []
     size = None
@@ -123,6 +123,9 @@ def analyze_video(video: str, reference: str | None = None, crop_size: int = 96,
                                                          "the evaluated video's size")
                     ref_rows["ssim"].append(M.ssim(img, rimg))
                     ref_rows["psnr"].append(M.psnr(img, rimg))
+                    # What a lip-sync model must leave alone: the frame minus its regenerated region.
+                    outside = ~regions[-1]
+                    ref_rows["psnr_outside"].append(M.psnr(img[outside], rimg[outside]) if outside.any() else math.nan)
                     if face is not None:
                         lm_matrix = estimate_alignment(face_landmarks(face), lower_size, aspect=aspect)
                         r0 = int(round(mask_top * lower_size))
@@ -320,6 +323,7 @@ def evaluate(video: str, audio: str | None = None, reference: str | None = None,
     # Temporal.
     jitter = M.landmark_jitter(analysis.landmarks)
     mjitter = M.mouth_jitter(analysis.landmarks)
+    lower_change = M.lower_face_change(analysis.crops, analysis.has_face, float((prof.mask or {}).get("top", 0.5)))
     flicker = M.nanmean(analysis.flicker)
     jit = M.nanmean(jitter)
     temporal = {
@@ -327,6 +331,7 @@ def evaluate(video: str, audio: str | None = None, reference: str | None = None,
         "flicker_outside": flicker,
         "landmark_jitter": jit,
         "mouth_jitter": M.nanmean(mjitter),
+        "lower_face_change": M.nanmean(lower_change),
     }
 
     ref = None
@@ -335,6 +340,7 @@ def evaluate(video: str, audio: str | None = None, reference: str | None = None,
         ref = {
             "ssim": M.nanmean(r["ssim"]), "psnr": M.nanmean(r["psnr"]),
             "ssim_lower_face": M.nanmean(r["ssim_lower"]), "psnr_lower_face": M.nanmean(r["psnr_lower"]),
+            "psnr_outside": M.nanmean(r["psnr_outside"]),
             "frames_compared": int(np.isfinite(r["ssim"]).sum()),
             "reference_frames": int(analysis.reference_frames),
         }
@@ -362,6 +368,7 @@ def evaluate(video: str, audio: str | None = None, reference: str | None = None,
             "gt_mouth_opening": None if gt_open is None else _series(gt_open),
             "flicker": _series(analysis.flicker),
             "landmark_jitter": _series(jitter),
+            "lower_face_change": _series(lower_change),
         },
     }
     report = _clean(report)

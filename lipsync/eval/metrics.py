@@ -198,6 +198,21 @@ def mouth_jitter(landmarks: np.ndarray) -> np.ndarray:
     return second_difference(norm)
 
 
+def lower_face_change(crops: np.ndarray, has_face: np.ndarray, top: float = 0.5) -> np.ndarray:
+    """(N,) mean absolute grey-level change of the aligned lower-face crop from the previous frame
+    (NaN at frame 0 and wherever either frame has no face). A seam between denoising windows shows
+    up as a peak at the frames where windows join."""
+    out = np.full(len(crops), np.nan)
+    if len(crops) < 2:
+        return out
+    r0 = int(round(top * crops.shape[1]))
+    grey = crops[:, r0:].astype(np.float32).mean(axis=-1)
+    diff = np.abs(grey[1:] - grey[:-1]).mean(axis=(1, 2))
+    ok = has_face[1:] & has_face[:-1]
+    out[1:][ok] = diff[ok]
+    return out
+
+
 def temporal_score(flicker: float | None, jitter: float | None) -> float | None:
     """0-100: ``100 * exp(-flicker / FLICKER_SCALE) * exp(-jitter / JITTER_SCALE)``."""
     if flicker is None or jitter is None or not (np.isfinite(flicker) and np.isfinite(jitter)):

@@ -37,7 +37,8 @@ def load_vae_folder(folder: str | os.PathLike):
     if not any(w.is_file() for w in weights):
         raise CheckpointError(str(weights[0]), "missing: the VAE weights are not in the folder")
     try:
-        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+        # low_cpu_mem_usage=False: the default wants `accelerate` and says so on every load otherwise.
+        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(str(folder), f"cannot load the VAE: {str(err).splitlines()[0][:300]}") from err
 
