@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean samples tiny-model
+.PHONY: demo test venv clean samples tiny-model tiny-model-quality
 
 $(STAMP): pyproject.toml
 	@echo "Setting up $(VENV) (the first run downloads the packages: a few minutes) ..."
@@ -30,10 +30,12 @@ samples: $(STAMP)
 		--lang en --voice f2 --rate 165 --out samples/speech.wav
 
 # The default `tiny` model from scratch on CPU: synthetic corpus -> shards -> VAE -> SyncNet (5 frames,
-# the evaluator's) -> UNet stage 1. synth and preprocess skip finished clips; add --resume to a
-# `lipsync train` line to continue a run that stopped.
+# the evaluator's) -> UNet stage 1, then copied into the package (lipsync/assets/models/tiny/, the
+# model card there stays). synth and preprocess skip finished clips; add --resume to a `lipsync train`
+# line to continue a run that stopped. `make tiny-model-quality` measures it against the bars.
 TRAIN := out/train
 TRAIN_ARGS := --data $(TRAIN)/shards --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs
+BUNDLED := lipsync/assets/models/tiny
 tiny-model: $(STAMP)
 	$(VENV)/bin/lipsync synth --out $(TRAIN)/corpus --num 240 --seconds 5 --seed 100 --size 192 --split train
 	$(VENV)/bin/lipsync synth --out $(TRAIN)/heldout --num 24 --seconds 5 --seed 9000 --size 192 --split test
@@ -41,7 +43,15 @@ tiny-model: $(STAMP)
 	$(VENV)/bin/lipsync train --config configs/train/vae.yaml $(TRAIN_ARGS) --set train.max_steps=500
 	$(VENV)/bin/lipsync train --config configs/train/syncnet.yaml $(TRAIN_ARGS) --set syncnet_config.num_frames=5 --name tiny-syncnet5
 	$(VENV)/bin/lipsync train --config configs/train/unet_stage1.yaml $(TRAIN_ARGS) \
-		--set init_from=$(TRAIN)/ckpt/tiny-vae/model --set train.grad_accum=1 --set train.warmup_steps=50
+		--set init_from=$(TRAIN)/ckpt/tiny-vae/model --set train.grad_accum=1 --set train.warmup_steps=50 \
+		--set train.torch_threads=2
+	mkdir -p $(BUNDLED)
+	rm -rf $(BUNDLED)/unet $(BUNDLED)/vae $(BUNDLED)/audio_encoder $(BUNDLED)/scheduler $(BUNDLED)/syncnet
+	cp -r $(TRAIN)/ckpt/tiny-unet-stage1/model/* $(BUNDLED)/
+	cp -r $(TRAIN)/ckpt/tiny-syncnet5/syncnet $(BUNDLED)/syncnet
+
+tiny-model-quality: $(STAMP)
+	$(VENV)/bin/python benchmarks/tiny_model_quality.py --heldout $(TRAIN)/heldout --out out/quality
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)

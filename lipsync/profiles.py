@@ -60,6 +60,7 @@ class Profile:
     overlap: int = 4
     num_steps: int = 20
     guidance_scale: float = 1.5
+    prediction_type: str = "epsilon"  # what the UNet predicts: epsilon (LatentSync) or v_prediction
     files: dict[str, WeightFile] = field(default_factory=dict)
     weights: dict = field(default_factory=dict)  # our folder format: {folder, bundled, allow_random_init}
     source: str = ""

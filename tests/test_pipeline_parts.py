@@ -104,3 +104,35 @@ def test_profile_sha256_is_verified(tmp_path):
     bad = WeightFile("unet", "w.pt", "test weights", sha256="0" * 64)
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         bad.resolve(tmp_path)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_training_target_and_x0_estimate_match_the_ddim_scheduler(prediction_type):
+    """Training's target and one-step estimate agree with what DDIM does with the UNet's output."""
+    import torch
+
+    from lipsync.pipeline.denoise import latentsync_scheduler, predicted_x0, training_target
+
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(1, 4, 3, 6, 6, generator=g), torch.randn(1, 4, 3, 6, 6, generator=g)
+    sched = latentsync_scheduler(prediction_type)
+    sched.set_timesteps(20)
+    for t in (sched.timesteps[0], sched.timesteps[10], sched.timesteps[-1]):
+        ab = sched.alphas_cumprod[t]
+        zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+        target = training_target(prediction_type, z0, noise, ab)
+        assert torch.allclose(predicted_x0(prediction_type, zt, target, ab), z0, atol=1e-4)
+        # A perfect model's output makes DDIM's own clean-image estimate exact too.
+        step = sched.step(target, t, zt)
+        assert torch.allclose(step.pred_original_sample, z0, atol=1e-4)
+    with pytest.raises(ValueError, match="prediction_type"):
+        latentsync_scheduler("sample")
+
+
+def test_tiny_profile_scheduler_predicts_v():
+    from lipsync.pipeline.components import random_components
+    from lipsync.profiles import load_profile
+
+    assert load_profile("latentsync-1.5").prediction_type == "epsilon"
+    c = random_components(load_profile("tiny"), parts={"unet"})
+    assert c.scheduler.config.prediction_type == "v_prediction"

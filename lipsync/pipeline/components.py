@@ -100,15 +100,15 @@ def random_components(profile: Profile, seed: int = 0, parts: frozenset[str] | s
     unet = build_unet(profile)
     audio = build_audio_encoder(profile, unet.config.cross_attention_dim)
     vae = build_vae(profile) if "vae" in parts else None
-    return Components(profile, unet, vae, audio, _scheduler() if "unet" in parts else None,
+    return Components(profile, unet, vae, audio, scheduler_of(profile) if "unet" in parts else None,
                       float(profile.vae.get("scaling_factor", 1.0)), origin="random initialisation",
                       random_init=True)
 
 
-def _scheduler():
+def scheduler_of(profile: Profile):
     from lipsync.pipeline.denoise import latentsync_scheduler
 
-    return latentsync_scheduler()
+    return latentsync_scheduler(profile.prediction_type)
 
 
 @dataclass
@@ -195,7 +195,7 @@ def _load_latentsync(profile: Profile, paths: dict, parts=ALL_PARTS, origin: str
     unet = UNet3DConditionModel.from_checkpoint(paths["unet"], config=unet_config(profile)) if "unet" in parts else None
     audio = WhisperAudioEncoder.from_file(paths["audio"]) if "audio" in parts else None
     vae = load_vae_folder(paths["vae"]) if "vae" in parts else None
-    return Components(profile, unet, vae, audio, _scheduler(), float(profile.vae.get("scaling_factor", 0.18215)),
+    return Components(profile, unet, vae, audio, scheduler_of(profile), float(profile.vae.get("scaling_factor", 0.18215)),
                       float(profile.vae.get("shift_factor", 0.0)), origin=origin)
 
 

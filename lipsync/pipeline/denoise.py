@@ -12,13 +12,29 @@ import torch.nn.functional as F
 from lipsync.models import vae as vae_ops
 
 
-def latentsync_scheduler():
-    """DDIM with LatentSync's training schedule (DESIGN.md §4)."""
+def latentsync_scheduler(prediction_type: str = "epsilon"):
+    """DDIM with LatentSync's training schedule (DESIGN.md §4); LatentSync's UNets predict epsilon."""
     from diffusers import DDIMScheduler
 
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", steps_offset=1, prediction_type="epsilon",
+                         beta_schedule="scaled_linear", steps_offset=1, prediction_type=prediction_type,
                          timestep_spacing="leading", clip_sample=False, set_alpha_to_one=False)
+
+
+def training_target(prediction_type: str, z0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to output for ``z_t = sqrt(ab) z0 + sqrt(1 - ab) noise``."""
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * noise - (1 - ab).sqrt() * z0
+    return noise
+
+
+def predicted_x0(prediction_type: str, zt: torch.Tensor, out: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """The one-step clean-latent estimate from the UNet's output ``out`` at ``z_t``."""
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * zt - (1 - ab).sqrt() * out
+    return (zt - (1 - ab).sqrt() * out) / ab.sqrt()
 
 
 def to_video(t: torch.Tensor, b: int, f: int) -> torch.Tensor:

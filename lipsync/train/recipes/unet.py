@@ -4,8 +4,9 @@ Inputs are built exactly as inference builds them (:func:`lipsync.pipeline.denoi
 and :func:`unet_input`): noisy latent (4) + mask (1, 1 = keep the upper face) + masked-face latent
 (4) + reference latent (4) = 13 channels, frozen VAE, the audio tokens of each frame. The reference
 window comes from other frames of the same segment (the same face, another mouth). DDPM training
-with the profile's schedule (``latentsync_scheduler``: 1000 steps, scaled-linear betas), epsilon
-prediction, "mixed" noise (:func:`lipsync.train.losses.mixed_noise`), audio tokens zeroed with
+with the profile's schedule (``latentsync_scheduler``: 1000 steps, scaled-linear betas), the
+profile's ``prediction_type`` (epsilon as LatentSync; the ``tiny`` profile predicts v, which keeps the
+clean-image estimate usable at high noise for a small, briefly trained model), "mixed" noise (:func:`lipsync.train.losses.mixed_noise`), audio tokens zeroed with
 probability ``audio_drop_prob`` (the unconditional branch of classifier-free guidance is all-zero
 tokens).
 
@@ -28,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsync.models import vae as vae_ops
-from lipsync.pipeline.denoise import condition_latents, latentsync_scheduler, to_video, unet_input
+from lipsync.pipeline.denoise import (condition_latents, latentsync_scheduler, predicted_x0, to_video, training_target,
+                                     unet_input)
 from lipsync.train.data import WindowSpec
 from lipsync.train.recipes.base import Recipe
 
@@ -90,7 +92,8 @@ class UNetRecipe(Recipe):
                           f"{' + the audio encoder' if train_audio else ''}")
         keep = 1.0 - regen_mask_of(self.profile).astype(np.float32)
         self.keep = torch.from_numpy(keep)[None, None].to(self.device)
-        self.alphas_cumprod = latentsync_scheduler().alphas_cumprod.to(self.device, torch.float32)
+        self.prediction = self.profile.prediction_type
+        self.alphas_cumprod = latentsync_scheduler(self.prediction).alphas_cumprod.to(self.device, torch.float32)
         self._latents: dict = {}
         if self.stage == 2:
             self._build_stage2()
@@ -175,17 +178,17 @@ class UNetRecipe(Recipe):
         m = int(batch["audio_margin"])
         p = float(w["audio_drop_prob"]) if train else 0.0
         keep_audio = (torch.rand(b, generator=generator, device=generator.device) >= p).float().to(self.device)
-        eps = model(unet_input(zt, mask_lat, masked, ref_lat), t, feats, m, m + f, keep_audio).float()
-        mse = F.mse_loss(eps, noise)
+        out = model(unet_input(zt, mask_lat, masked, ref_lat), t, feats, m, m + f, keep_audio).float()
+        mse = F.mse_loss(out, training_target(self.prediction, z0, noise, ab))
         total = float(w["noise_mse"]) * mse
         logs = {"noise_mse": mse.item()}
         if self.stage == 2:
-            extra, extra_logs = self._pixel_losses(x, zt, eps, ab, batch, generator)
+            extra, extra_logs = self._pixel_losses(x, zt, out, ab, batch, generator)
             total = total + extra
             logs.update(extra_logs)
         return total, logs
 
-    def _pixel_losses(self, x, zt, eps, ab, batch, generator):
+    def _pixel_losses(self, x, zt, out, ab, batch, generator):
         """Stage 2: losses on the decoded one-step x0 estimate (gradients through the frozen decoder)."""
         from lipsync.train.losses import temporal_loss, trepa_loss
 
@@ -194,7 +197,7 @@ class UNetRecipe(Recipe):
         pf = int(w["pixel_frames"] or f)
         pf = max(1, min(pf, f))
         s0 = int(torch.randint(0, f - pf + 1, (1,), generator=generator, device=generator.device)) if pf < f else 0
-        z0_hat = (zt - (1 - ab).sqrt() * eps) / ab.sqrt()
+        z0_hat = predicted_x0(self.prediction, zt, out, ab)
         lat = z0_hat[:, :, s0:s0 + pf].transpose(1, 2).flatten(0, 1)  # (B*pf, C, h, w)
         img = self.vae.decode(lat / self.scaling + self.shift).sample.clamp(-1, 1)
         real = x[:, s0:s0 + pf]
@@ -237,9 +240,13 @@ class UNetRecipe(Recipe):
         comps = self.components()
         model = DiffusionTrainer(comps.unet, comps.audio_encoder)
         model.load_state_dict(state)
-        from lipsync.pipeline.denoise import latentsync_scheduler as sched
+        import dataclasses
 
-        comps.scheduler = comps.scheduler or sched()
+        from lipsync.pipeline.components import scheduler_of
+
+        # The export's scheduler says what this UNet was trained to predict (init_from may say otherwise).
+        comps.profile = dataclasses.replace(comps.profile, prediction_type=self.profile.prediction_type)
+        comps.scheduler = scheduler_of(comps.profile)
         return save_folder(comps, folder)
 
 
