@@ -44,7 +44,7 @@ tiny-model: $(STAMP)
 	$(VENV)/bin/lipsync train --config configs/train/syncnet.yaml $(TRAIN_ARGS) --set syncnet_config.num_frames=5 --name tiny-syncnet5
 	$(VENV)/bin/lipsync train --config configs/train/unet_stage1.yaml $(TRAIN_ARGS) \
 		--set init_from=$(TRAIN)/ckpt/tiny-vae/model --set train.grad_accum=1 --set train.warmup_steps=50 \
-		--set train.torch_threads=2
+		--set train.torch_threads=2 --set train.max_steps=4000
 	mkdir -p $(BUNDLED)
 	rm -rf $(BUNDLED)/unet $(BUNDLED)/vae $(BUNDLED)/audio_encoder $(BUNDLED)/scheduler $(BUNDLED)/syncnet
 	cp -r $(TRAIN)/ckpt/tiny-unet-stage1/model/* $(BUNDLED)/

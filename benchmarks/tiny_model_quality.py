@@ -94,6 +94,7 @@ def main() -> int:
     ap.add_argument("--checkpoint_dir", default=None, help="a model folder (model_index.json); default: bundled")
     ap.add_argument("--syncnet", default=None, help="SyncNet folder for the scores; default: bundled")
     ap.add_argument("--num_steps", type=int, default=None, help="denoising steps (default: the profile's)")
+    ap.add_argument("--guidance_scale", type=float, default=None, help="audio guidance (default: the profile's)")
     ap.add_argument("--out", default="out/quality")
     args = ap.parse_args()
 
@@ -114,7 +115,7 @@ def main() -> int:
     if pipe.components.random_init:
         print("warning: the model runs on random weights", file=sys.stderr)
     prof = load_profile("tiny")
-    opts = GenerateOptions(num_steps=args.num_steps)
+    opts = GenerateOptions(num_steps=args.num_steps, guidance_scale=args.guidance_scale)
 
     def ev(name: str, video, **kw) -> dict:
         rep = evaluate(str(video), syncnet=args.syncnet, out_dir=str(out / "reports" / name), **kw)
@@ -180,7 +181,8 @@ def main() -> int:
         "no seam at window joins (ratio <= 1.25)": (summary["dub_seam_ratio"] or 9) <= BARS["seam_ratio"],
     }
     result = {"checkpoint_dir": ckpt or "bundled", "syncnet": args.syncnet or "bundled",
-              "num_steps": args.num_steps or int(prof.num_steps), "pairs": rows, "mean": summary,
+              "num_steps": args.num_steps or int(prof.num_steps),
+              "guidance_scale": args.guidance_scale or float(prof.guidance_scale), "pairs": rows, "mean": summary,
               "bars": checks, "generate_seconds": t_gen}
     (out / "quality.json").write_text(json.dumps(result, indent=1))
     print("\nmeans over", len(rows), "pairs:")

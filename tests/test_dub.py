@@ -1,6 +1,6 @@
 """Batch dubbing (`lipsync dub`, pipelines/dub.py) on the session's local Ray instance (2 CPUs).
 
-The tiny profile with random weights and one denoising step: the mechanics are what is tested.
+The tiny profile (bundled weights) and one denoising step: the mechanics are what is tested.
 A job of good and bad rows gives correct videos and error rows; a rerun skips finished outputs; the
 same job runs from and to S3; an interrupted job rerun writes every output exactly once; a killed
 actor loses no rows; a GPU request on a CPU-only cluster fails at once.

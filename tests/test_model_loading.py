@@ -101,6 +101,23 @@ def test_tiny_without_weights_warns_about_random_init(tmp_path, monkeypatch):
     assert pipe.components.random_init
 
 
+def test_tiny_default_is_the_bundled_trained_model(recwarn):
+    """No --checkpoint_dir: the trained weights shipped in the package load, with no warning; they
+    fit the package budget and bring the SyncNet the evaluator uses by default."""
+    from lipsync.eval.sync import default_syncnet_path
+    from lipsync.profiles import BUNDLED_MODELS
+
+    bundled = BUNDLED_MODELS / "tiny"
+    pipe = LipSyncPipeline.from_profile("tiny", device="cpu")
+    assert not pipe.components.random_init and pipe.components.origin == str(bundled)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert pipe.components.scheduler.config.prediction_type == pipe.components.profile.prediction_type
+    size = sum(p.stat().st_size for p in bundled.rglob("*") if p.is_file())
+    assert size <= 40 * 2**20
+    assert default_syncnet_path() == bundled / "syncnet"
+    assert (bundled / "MODEL_CARD.md").is_file()
+
+
 def test_whisper_encoder_folder_round_trip(tmp_path):
     from lipsync.models.audio import WhisperAudioEncoder
 
