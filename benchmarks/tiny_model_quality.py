@@ -1,5 +1,5 @@
 """Quality of a lip-sync model on held-out synthetic clips, against the bars of the bundled model
-(docs/model_card.md):
+(lipsync/assets/models/tiny/MODEL_CARD.md):
 
 * dubbing (clip A's video driven by clip B's speech): mouth opening vs B's ground-truth jaw
   (Pearson r >= 0.6; A's untouched video with B's speech is the baseline, ~0), LSE-C >= 0.8 x the
@@ -56,27 +56,14 @@ def seam_ratio(change: list, joins: np.ndarray) -> float | None:
 
 
 def save_frames(path: Path, videos: list[str], frames: tuple[int, ...]) -> None:
+    """One row per frame index: the same 25 fps frame of each video side by side."""
     import cv2
 
-    from lipsync.media.video import iter_frames
+    from lipsync.media.video import sample_frames
 
-    rows = []
-    grabbed: list[dict[int, np.ndarray]] = []
-    for v in videos:
-        got = {}
-        it = iter_frames(v)
-        try:
-            for i, fr in enumerate(it):
-                if i in frames:
-                    got[i] = fr.image
-                if i >= max(frames):
-                    break
-        finally:
-            it.close()
-        grabbed.append(got)
-    for t in frames:
-        if all(t in g for g in grabbed):
-            rows.append(np.concatenate([g[t] for g in grabbed], axis=1))
+    grabbed = [sample_frames(v, [t / 25.0 for t in frames]) for v in videos]
+    rows = [np.concatenate([g[i].image for g in grabbed], axis=1) for i in range(len(frames))
+            if all(i < len(g) for g in grabbed)]
     if rows:
         cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
 
