@@ -200,3 +200,35 @@ def test_cached_latents_equal_window_encoding(shards):
     assert cached[0].shape == (2, 4, 8, 24, 24) and cached[1].shape == (2, 1, 8, 24, 24)
     for a, b in zip(cached, direct):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_mouth_weight_puts_the_noise_mse_on_the_mouth(shards):
+    """loss.mouth_weight adds weight on the latents over the template's mouth; 0 keeps plain MSE."""
+    from lipsync.face.align import TEMPLATE, TEMPLATE_INDICES
+    from lipsync.face.mask import mouth_region
+    from lipsync.train.config import from_dict
+    from lipsync.train.data import WindowSpec, read_segments, sample_batch
+    from lipsync.train.recipes import recipe_for
+
+    m = mouth_region(96)
+    corners = TEMPLATE[np.isin(TEMPLATE_INDICES, [61, 291])] * 96
+    assert all(m[int(v), int(u)] == 1 for u, v in corners)  # the lips are inside
+    eyes_chin = TEMPLATE[np.isin(TEMPLATE_INDICES, [33, 263, 152])] * 96
+    assert all(m[int(v), int(u)] == 0 for u, v in eyes_chin)  # the eyes and the chin are not
+
+    batch = sample_batch(read_segments(str(shards / "train")), WindowSpec(8, 1, True, 12), np.random.default_rng(3))
+    logs = {}
+    for mw in (0.0, 9.0):
+        cfg = from_dict({"recipe": "unet_stage1", "data": {"shards": str(shards), "window": 8},
+                         "loss": {"mouth_weight": mw}})
+        recipe = recipe_for(cfg)
+        torch.manual_seed(0)
+        model = recipe.build()
+        total, logs[mw] = recipe.loss(model, batch, torch.Generator().manual_seed(5))
+        assert torch.isfinite(total)
+    plain, weighted = logs[0.0], logs[9.0]
+    assert "weighted_mse" not in plain and plain["noise_mse"] == pytest.approx(weighted["noise_mse"], rel=1e-5)
+    share = float(recipe.mouth_map((24, 24)).mean())
+    assert 0.05 < share < 0.25
+    expect = (weighted["noise_mse"] + 9.0 * weighted["mouth_mse"] * share) / (1.0 + 9.0 * share)
+    assert weighted["weighted_mse"] == pytest.approx(expect, rel=1e-4)

@@ -66,3 +66,19 @@ def feather(mask: np.ndarray, px: float) -> np.ndarray:
     soft = soft * soft * (3.0 - 2.0 * soft)  # smoothstep: no visible kink where the ramp ends
     soft[m <= 0] = 0.0  # already so, up to float rounding
     return soft.astype(np.float32)
+
+
+# Where the lips move on an aligned crop: around the template's mouth corners (u 0.33 / 0.67,
+# v 0.58) down to the open jaw's lower lip; the chin (v 0.88) is left out.
+MOUTH_BOX = (0.28, 0.72, 0.50, 0.78)  # u0, u1, v0, v1 as fractions of the crop at aspect 1
+
+
+def mouth_region(size: int, aspect: float = 1.0) -> np.ndarray:
+    """(size, size) float32 box over the moving mouth of a crop aligned by :mod:`lipsync.face.align`
+    (``aspect`` stretches it horizontally about the centre, as the alignment does)."""
+    u0, u1, v0, v1 = MOUTH_BOX
+    u0, u1 = 0.5 + aspect * (u0 - 0.5), 0.5 + aspect * (u1 - 0.5)
+    m = np.zeros((size, size), np.float32)
+    c0, c1 = max(0, int(round(u0 * size))), min(size, int(round(u1 * size)))
+    m[int(round(v0 * size)):int(round(v1 * size)), c0:c1] = 1.0
+    return m

@@ -63,6 +63,10 @@ DEFAULTS: dict = {
         "mixed_noise_alpha": 1.0,  # shared/per-frame noise ratio (LatentSync: 1); 0 = independent noise
         "audio_drop_prob": 0.05,  # tokens zeroed (classifier-free guidance's unconditional branch)
         "noise_mse": 1.0,
+        # extra noise-MSE weight on the latents over the mouth (lipsync.face.mask.MOUTH_BOX); 0 =
+        # LatentSync's plain MSE. The audio decides only those few latents, so unweighted their share
+        # of the loss (~2 %) is lost in the noise of the timestep sampling and the audio is learnt slowly.
+        "mouth_weight": 0.0,
         # unet stage 2 (pixel losses on the decoded one-step x0 estimate)
         "sync": 0.05,
         "sync_windows": [5, 16],  # multi-scale sync loss: window lengths the SyncNet accepts

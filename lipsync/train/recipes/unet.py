@@ -123,6 +123,17 @@ class UNetRecipe(Recipe):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         return vae_ops.encode(self.vae, x, self.scaling, self.shift)
 
+    def mouth_map(self, latent_hw) -> torch.Tensor:
+        """The mouth box on the latent grid (fraction of each latent cell covered), (h, w)."""
+        hit = getattr(self, "_mouth", None)
+        if hit is None or tuple(hit.shape) != tuple(latent_hw):
+            from lipsync.face.mask import mouth_region
+
+            m = torch.from_numpy(mouth_region(int(self.profile.resolution), float(self.profile.crop_aspect)))
+            hit = F.adaptive_avg_pool2d(m[None, None], tuple(latent_hw))[0, 0].to(self.device)
+            self._mouth = hit
+        return hit
+
     def audio_features(self, model, audio: torch.Tensor) -> torch.Tensor:
         from lipsync.models.audio import MelAudioEncoder
 
@@ -179,9 +190,17 @@ class UNetRecipe(Recipe):
         p = float(w["audio_drop_prob"]) if train else 0.0
         keep_audio = (torch.rand(b, generator=generator, device=generator.device) >= p).float().to(self.device)
         out = model(unet_input(zt, mask_lat, masked, ref_lat), t, feats, m, m + f, keep_audio).float()
-        mse = F.mse_loss(out, training_target(self.prediction, z0, noise, ab))
+        err = (out - training_target(self.prediction, z0, noise, ab)) ** 2
+        mouth = self.mouth_map(err.shape[-2:])
+        mse = err.mean()
+        per_cell = err.mean(dim=(0, 1, 2))
+        logs = {"noise_mse": mse.item(), "mouth_mse": ((per_cell * mouth).sum() / mouth.sum()).item()}
+        mw = float(w["mouth_weight"])
+        if mw > 0:
+            weight = 1.0 + mw * mouth
+            mse = (err * weight).mean() / weight.mean()
+            logs["weighted_mse"] = mse.item()
         total = float(w["noise_mse"]) * mse
-        logs = {"noise_mse": mse.item()}
         if self.stage == 2:
             extra, extra_logs = self._pixel_losses(x, zt, out, ab, batch, generator)
             total = total + extra
