@@ -82,6 +82,8 @@ def main() -> int:
     ap.add_argument("--syncnet", default=None, help="SyncNet folder for the scores; default: bundled")
     ap.add_argument("--num_steps", type=int, default=None, help="denoising steps (default: the profile's)")
     ap.add_argument("--guidance_scale", type=float, default=None, help="audio guidance (default: the profile's)")
+    ap.add_argument("--reference_shift", type=int, default=None,
+                    help="reference frame = the window's frame i + this (default: the profile's)")
     ap.add_argument("--out", default="out/quality")
     args = ap.parse_args()
 
@@ -101,7 +103,11 @@ def main() -> int:
         pipe = LipSyncPipeline.from_profile("tiny", checkpoint_dir=ckpt, device="cpu")
     if pipe.components.random_init:
         print("warning: the model runs on random weights", file=sys.stderr)
-    prof = load_profile("tiny")
+    if args.reference_shift is not None:
+        import dataclasses
+
+        pipe.profile = dataclasses.replace(pipe.profile, reference_shift=args.reference_shift)
+    prof = pipe.profile
     opts = GenerateOptions(num_steps=args.num_steps, guidance_scale=args.guidance_scale)
 
     def ev(name: str, video, **kw) -> dict:
@@ -169,7 +175,8 @@ def main() -> int:
     }
     result = {"checkpoint_dir": ckpt or "bundled", "syncnet": args.syncnet or "bundled",
               "num_steps": args.num_steps or int(prof.num_steps),
-              "guidance_scale": args.guidance_scale or float(prof.guidance_scale), "pairs": rows, "mean": summary,
+              "guidance_scale": args.guidance_scale or float(prof.guidance_scale),
+              "reference_shift": int(prof.reference_shift), "pairs": rows, "mean": summary,
               "bars": checks, "generate_seconds": t_gen}
     (out / "quality.json").write_text(json.dumps(result, indent=1))
     print("\nmeans over", len(rows), "pairs:")

@@ -61,6 +61,9 @@ class Profile:
     num_steps: int = 20
     guidance_scale: float = 1.5
     prediction_type: str = "epsilon"  # what the UNet predicts: epsilon (LatentSync) or v_prediction
+    # Reference frames for frame i: the window's frame i + reference_shift (cyclic). 0 = the frame
+    # itself (LatentSync); a shift gives the UNet another mouth of the same face, as in training.
+    reference_shift: int = 0
     files: dict[str, WeightFile] = field(default_factory=dict)
     weights: dict = field(default_factory=dict)  # our folder format: {folder, bundled, allow_random_init}
     source: str = ""

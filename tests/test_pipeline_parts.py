@@ -136,3 +136,32 @@ def test_tiny_profile_scheduler_predicts_v():
     assert load_profile("latentsync-1.5").prediction_type == "epsilon"
     c = random_components(load_profile("tiny"), parts={"unet"})
     assert c.scheduler.config.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("shift", [0, 5])
+def test_reference_shift_feeds_another_frame_of_the_window_as_reference(shift):
+    """settings.reference_shift: frame i's reference latent is the window's frame (i + shift) mod F."""
+    import torch
+
+    from lipsync.pipeline.components import random_components
+    from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser
+
+    c = random_components(load_profile("tiny"), parts={"vae"})
+    seen = []
+
+    def unet(inp, t, tokens):
+        seen.append(inp[:, 9:13].clone())  # the reference channels
+        return torch.zeros_like(inp[:, :4])
+
+    from lipsync.pipeline.components import scheduler_of
+
+    den = WindowDenoiser(unet, c.vae, scheduler_of(c.profile), c.scaling_factor, c.shift_factor)
+    f = 6
+    crops = np.zeros((1, f, 96, 96, 3), np.uint8)
+    for i in range(f):
+        crops[0, i] = 40 * i  # every frame its own grey, so each latent tells its frame
+    own = den._encode(torch.from_numpy(crops[0]).float().div(127.5).sub(1).permute(0, 3, 1, 2))
+    den(crops, np.ones((96, 96), np.float32), torch.zeros(1, f, 10, 64), den.initial_noise(96, 0),
+        DenoiseSettings(num_steps=2, guidance_scale=1.0, reference_shift=shift))
+    for i in range(f):
+        assert torch.allclose(seen[0][0, :, i], own[(i + shift) % f], atol=1e-5)

@@ -68,6 +68,9 @@ class DenoiseSettings:
     num_steps: int = 20
     guidance_scale: float = 1.5
     deepcache_interval: int = 0  # 0 = off; N = full UNet pass every N steps, cached deep features between
+    # The reference latent of frame i is the window's frame (i + reference_shift) mod F. 0 (LatentSync):
+    # the frame itself, whose original mouth a model trained on other frames' references can copy.
+    reference_shift: int = 0
 
 
 class WindowDenoiser:
@@ -102,6 +105,8 @@ class WindowDenoiser:
         x = x.permute(0, 1, 4, 2, 3).reshape(b * f, 3, s, s)
         keep = torch.from_numpy(keep_mask.astype(np.float32))[None, None]
         mask_lat, masked, ref = condition_latents(self._encode, x, keep, b, f)
+        if settings.reference_shift % f:
+            ref = ref.roll(-settings.reference_shift, dims=2)
         h, w = ref.shape[-2:]
         latents = noise.to(self.device, torch.float32).expand(b, -1, f, -1, -1).clone()
         latents = latents * self.scheduler.init_noise_sigma

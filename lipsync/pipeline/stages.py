@@ -70,7 +70,7 @@ def denoise_settings(profile, num_steps: int | None, guidance_scale: float | Non
                      deepcache_interval: int = 0) -> DenoiseSettings:
     return DenoiseSettings(int(num_steps or profile.num_steps),
                            float(profile.guidance_scale if guidance_scale is None else guidance_scale),
-                           int(deepcache_interval))
+                           int(deepcache_interval), int(profile.reference_shift))
 
 
 def window_planner(profile, overlap: int | None) -> WindowPlanner:
