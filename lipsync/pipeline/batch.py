@@ -32,7 +32,7 @@ from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameSource
 from lipsync.pipeline.inputs import FPS, load_native_audio
 from lipsync.pipeline.manifest import DubTask
-from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput, denoise_settings, regen_mask_of,
+from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput, denoise_settings, paste_mask_of,
                                      window_planner)
 from lipsync.pipeline.windows import Window
 
@@ -68,7 +68,7 @@ class VideoPlan:
     matrices: np.ndarray  # (n_out, 2, 3) float64 frame -> crop alignment; NaN where no face
     n_shards: int
     overlap: int
-    mask: np.ndarray  # regenerated region on the crop (1 = generate): regen_mask_of(profile)
+    mask: np.ndarray  # pasted region on the crop (1 = generated pixels): paste_mask_of(profile)
     frames_with_face: int
     native: np.ndarray | None = None  # the speech for text tasks (audio files are read again)
     native_rate: int | None = None
@@ -171,7 +171,7 @@ class PrepareVideo:
         if task.audio is None:  # synthesised speech: small, and costly to make again
             native, rate = speech.driving.native, speech.driving.native_rate
         yield VideoPlan(task, n_out, int(source.n_src or 0), task.image is not None, matrices, n_shards,
-                        planner.overlap, regen_mask_of(self.profile), with_face, native, rate, notes, time.perf_counter() - t0 + spent)
+                        planner.overlap, paste_mask_of(self.profile), with_face, native, rate, notes, time.perf_counter() - t0 + spent)
 
 
 def denoise_shards(denoiser: Denoiser, shards: list[Shard], max_batch: int | None = None) -> list[Shard]:

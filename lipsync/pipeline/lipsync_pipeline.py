@@ -26,8 +26,8 @@ from lipsync.pipeline.components import Components, load_components, save_folder
 from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameItem, FrameSource
 from lipsync.pipeline.inputs import FPS, DrivingAudio
-from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput, denoise_settings, regen_mask_of,
-                                     window_planner)
+from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput, denoise_settings, paste_mask_of,
+                                     regen_mask_of, window_planner)
 from lipsync.pipeline.windows import Window
 from lipsync.profiles import load_profile
 
@@ -97,6 +97,7 @@ class LipSyncPipeline:
         self.dtype = pick_dtype(dtype, self.device)
         components.to(self.device, self.dtype)
         self.regen_mask = regen_mask_of(self.profile)
+        self.paste_mask = paste_mask_of(self.profile)
         self.preparer = Preparer(self.profile, components.audio_encoder)
         self.stage_denoiser = Denoiser(components, self.device, self.dtype, self.regen_mask)
         self.denoiser = self.stage_denoiser.windows  # the WindowDenoiser
@@ -131,7 +132,7 @@ class LipSyncPipeline:
         return self.preparer.align(item)
 
     def composite(self, image: np.ndarray, crop: np.ndarray, M: np.ndarray) -> np.ndarray:
-        return paste_back(image, crop, M, self.regen_mask)
+        return paste_back(image, crop, M, self.paste_mask)
 
     def denoise(self, windows: list[Window], crops: dict[int, np.ndarray], features: torch.Tensor,
                 silent: np.ndarray | None, noise: torch.Tensor | int, settings: DenoiseSettings) -> list[np.ndarray]:
@@ -169,7 +170,7 @@ class LipSyncPipeline:
         driving, n_out = speech.driving, speech.num_frames
         settings = denoise_settings(self.profile, opts.num_steps, opts.guidance_scale, opts.deepcache_interval)
         planner = window_planner(self.profile, opts.overlap)
-        compositor = Compositor(self.regen_mask, planner.overlap)
+        compositor = Compositor(self.paste_mask, planner.overlap)
         frames: dict[int, tuple[FrameItem, np.ndarray | None]] = {}  # frames waiting for their crops
         pending: list[WindowInput] = []
         state = {"next": 0, "with_face": 0}

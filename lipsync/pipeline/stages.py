@@ -66,6 +66,19 @@ def regen_mask_of(profile) -> np.ndarray:
                            side=float(mask.get("side", 0.0)))
 
 
+def paste_mask_of(profile) -> np.ndarray:
+    """Where generated pixels replace the frame's (1 = pasted): the regenerated region, cut to the
+    profile's ``mask.paste_ellipse`` (cx, cy, rx, ry as fractions of the crop) when it has one, so
+    the background in the box's corners stays the input's whatever the VAE does to it."""
+    regen = regen_mask_of(profile)
+    ellipse = (profile.mask or {}).get("paste_ellipse")
+    if not ellipse:
+        return regen
+    from lipsync.face.mask import ellipse_mask
+
+    return regen * ellipse_mask(regen.shape[0], *(float(v) for v in ellipse))
+
+
 def denoise_settings(profile, num_steps: int | None, guidance_scale: float | None,
                      deepcache_interval: int = 0) -> DenoiseSettings:
     return DenoiseSettings(int(num_steps or profile.num_steps),
@@ -202,8 +215,8 @@ class Denoiser:
 class Compositor:
     """CPU stage: cross-fade of overlapping windows, then paste-back into the original frames."""
 
-    def __init__(self, regen_mask: np.ndarray, overlap: int):
-        self.regen_mask = regen_mask
+    def __init__(self, paste_mask: np.ndarray, overlap: int):
+        self.paste_mask = paste_mask
         self.overlap = int(overlap)
         self.blender = Blender()
 
@@ -216,4 +229,4 @@ class Compositor:
         crop = self.blender.pop(index)
         if crop is None or matrix is None:
             return image, False
-        return paste_back(image, crop, matrix, self.regen_mask), True
+        return paste_back(image, crop, matrix, self.paste_mask), True

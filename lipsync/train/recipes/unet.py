@@ -259,12 +259,11 @@ class UNetRecipe(Recipe):
         comps = self.components()
         model = DiffusionTrainer(comps.unet, comps.audio_encoder)
         model.load_state_dict(state)
-        import dataclasses
-
         from lipsync.pipeline.components import scheduler_of
 
-        # The export's scheduler says what this UNet was trained to predict (init_from may say otherwise).
-        comps.profile = dataclasses.replace(comps.profile, prediction_type=self.profile.prediction_type)
+        # The export carries the recipe's profile (init_from's may be older): what this UNet was trained
+        # to predict (the scheduler follows it) and the inference settings that go with it.
+        comps.profile = self.profile
         comps.scheduler = scheduler_of(comps.profile)
         return save_folder(comps, folder)
 
