@@ -30,7 +30,7 @@ samples: $(STAMP)
 		--lang en --voice f2 --rate 165 --out samples/speech.wav
 
 # The default `tiny` model from scratch on CPU: synthetic corpus -> shards -> VAE -> SyncNet (5 frames,
-# the evaluator's) -> UNet stage 1, then copied into the package (lipsync/assets/models/tiny/, the
+# the evaluator's) -> UNet stage 1 -> stage 1 continued with the noise MSE weighted on the mouth, then copied into the package (lipsync/assets/models/tiny/, the
 # model card there stays). synth and preprocess skip finished clips; add --resume to a `lipsync train`
 # line to continue a run that stopped. `make tiny-model-quality` measures it against the bars.
 TRAIN := out/train
@@ -45,9 +45,12 @@ tiny-model: $(STAMP)
 	$(VENV)/bin/lipsync train --config configs/train/unet_stage1.yaml $(TRAIN_ARGS) \
 		--set init_from=$(TRAIN)/ckpt/tiny-vae/model --set train.grad_accum=1 --set train.warmup_steps=50 \
 		--set train.torch_threads=2 --set train.max_steps=4000
+	$(VENV)/bin/lipsync train --config configs/train/unet_stage1.yaml $(TRAIN_ARGS) --name tiny-unet-mouth \
+		--set init_from=$(TRAIN)/ckpt/tiny-unet-stage1/model --set train.grad_accum=1 --set train.warmup_steps=50 \
+		--set train.torch_threads=2 --set train.checkpoint_every=500 --set train.max_steps=3500 --set loss.mouth_weight=9
 	mkdir -p $(BUNDLED)
 	rm -rf $(BUNDLED)/unet $(BUNDLED)/vae $(BUNDLED)/audio_encoder $(BUNDLED)/scheduler $(BUNDLED)/syncnet
-	cp -r $(TRAIN)/ckpt/tiny-unet-stage1/model/* $(BUNDLED)/
+	cp -r $(TRAIN)/ckpt/tiny-unet-mouth/model/* $(BUNDLED)/
 	cp -r $(TRAIN)/ckpt/tiny-syncnet5/syncnet $(BUNDLED)/syncnet
 
 tiny-model-quality: $(STAMP)
