@@ -89,7 +89,6 @@ def main() -> int:
 
     from lipsync.eval import evaluate
     from lipsync.pipeline import GenerateOptions, LipSyncPipeline
-    from lipsync.profiles import load_profile
 
     clips = sorted(p for p in Path(args.heldout).iterdir() if (p / "meta.json").exists())
     if len(clips) < 2 * args.pairs:

@@ -143,7 +143,7 @@ def test_reference_shift_feeds_another_frame_of_the_window_as_reference(shift):
     """settings.reference_shift: frame i's reference latent is the window's frame (i + shift) mod F."""
     import torch
 
-    from lipsync.pipeline.components import random_components
+    from lipsync.pipeline.components import random_components, scheduler_of
     from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser
 
     c = random_components(load_profile("tiny"), parts={"vae"})
@@ -152,8 +152,6 @@ def test_reference_shift_feeds_another_frame_of_the_window_as_reference(shift):
     def unet(inp, t, tokens):
         seen.append(inp[:, 9:13].clone())  # the reference channels
         return torch.zeros_like(inp[:, :4])
-
-    from lipsync.pipeline.components import scheduler_of
 
     den = WindowDenoiser(unet, c.vae, scheduler_of(c.profile), c.scaling_factor, c.shift_factor)
     f = 6
