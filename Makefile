@@ -32,7 +32,8 @@ samples: $(STAMP)
 # The default `tiny` model from scratch on CPU: synthetic corpus -> shards -> VAE -> SyncNet (5 frames,
 # the evaluator's) -> UNet stage 1 -> stage 1 continued with the noise MSE weighted on the mouth, then
 # copied into the package (lipsync/assets/models/tiny/, the model card there stays). synth and
-# preprocess skip finished clips; add --resume to a `lipsync train` line to continue a run that stopped. `make tiny-model-quality` measures it against the bars.
+# preprocess skip finished clips; add --resume to a `lipsync train` line to continue a run that stopped.
+# `make tiny-model-quality` measures it against the bars.
 TRAIN := out/train
 TRAIN_ARGS := --data $(TRAIN)/shards --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs
 BUNDLED := lipsync/assets/models/tiny
