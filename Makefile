@@ -49,9 +49,14 @@ tiny-model: $(STAMP)
 	$(VENV)/bin/lipsync train --config configs/train/unet_stage1.yaml $(TRAIN_ARGS) --name tiny-unet-mouth \
 		--set init_from=$(TRAIN)/ckpt/tiny-unet-stage1/model --set train.grad_accum=1 --set train.warmup_steps=50 \
 		--set train.torch_threads=2 --set train.checkpoint_every=500 --set train.max_steps=3500 --set loss.mouth_weight=9
+	$(VENV)/bin/lipsync train --config configs/train/syncnet.yaml $(TRAIN_ARGS) --set train.torch_threads=2
+	$(VENV)/bin/lipsync train --config configs/train/unet_stage2.yaml $(TRAIN_ARGS) \
+		--set init_from=$(TRAIN)/ckpt/tiny-unet-mouth/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
+		--set loss.sync_windows=[16] --set loss.sync=0.1 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
+		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=1500
 	mkdir -p $(BUNDLED)
 	rm -rf $(BUNDLED)/unet $(BUNDLED)/vae $(BUNDLED)/audio_encoder $(BUNDLED)/scheduler $(BUNDLED)/syncnet
-	cp -r $(TRAIN)/ckpt/tiny-unet-mouth/model/* $(BUNDLED)/
+	cp -r $(TRAIN)/ckpt/tiny-unet-stage2/model/* $(BUNDLED)/
 	cp -r $(TRAIN)/ckpt/tiny-syncnet5/syncnet $(BUNDLED)/syncnet
 
 tiny-model-quality: $(STAMP)
