@@ -76,9 +76,21 @@ class PrepareClipUDF:
         return {k: [r[k] for r in reports] for k in reports[0]}
 
 
-def run_preprocess(job: PreprocessJob, say=None) -> list[dict]:
+def find_clips(job: PreprocessJob) -> tuple[list[ClipTask], list[str]]:
+    """The job's clips and notes for the user; needs no Ray, so a wrong ``--input`` fails before a
+    cluster is started or joined."""
+    tasks, notes = discover(job.input, job.val_fraction)
+    if not tasks:
+        raise ValueError(f"{job.input}: no videos found (expected {{train,val}}/{{videos,audios}}/, "
+                         "a lipsync synth corpus, or a folder of videos)")
+    return tasks, notes
+
+
+def run_preprocess(job: PreprocessJob, say=None, clips: tuple[list[ClipTask], list[str]] | None = None
+                   ) -> list[dict]:
     """Run the job on the Ray instance this process is connected to. Returns the report rows
-    (one per clip) and writes ``<output>/report.parquet`` and ``<output>/dataset.json``."""
+    (one per clip) and writes ``<output>/report.parquet`` and ``<output>/dataset.json``.
+    ``clips``: the result of ``find_clips(job)`` when the caller already has it."""
     import pickle
 
     import ray
@@ -87,12 +99,9 @@ def run_preprocess(job: PreprocessJob, say=None) -> list[dict]:
     if not ray.is_initialized():
         raise RuntimeError("run_preprocess needs a Ray connection: call ray.init() first")
     t0 = time.perf_counter()
-    tasks, notes = discover(job.input, job.val_fraction)
+    tasks, notes = clips or find_clips(job)
     for n in notes:
         say(f"note: {n}")
-    if not tasks:
-        raise ValueError(f"{job.input}: no videos found (expected {{train,val}}/{{videos,audios}}/, "
-                         "a lipsync synth corpus, or a folder of videos)")
     fp = job.options.fingerprint()
     reports: dict[str, dict] = {}
     todo: list[ClipTask] = []

@@ -63,7 +63,7 @@ def _auto(value: str, kind):
 
 def cmd_preprocess(args) -> int:
     from lipsync.train.prepare import PrepareOptions
-    from pipelines.preprocess import PreprocessJob, exit_code, run_preprocess
+    from pipelines.preprocess import PreprocessJob, exit_code, find_clips, run_preprocess
 
     if args.segment_frames < 1 or args.audio_margin_frames < 0:
         raise ValueError("--segment_frames must be >= 1 and --audio_margin_frames >= 0")
@@ -76,8 +76,9 @@ def cmd_preprocess(args) -> int:
     from pipelines.cli import connect
 
     try:
+        clips = find_clips(job)
         connect(args.address)
-        return exit_code(run_preprocess(job))
+        return exit_code(run_preprocess(job, clips=clips))
     except (FileNotFoundError, NotADirectoryError) as err:
         raise ValueError(str(err)) from err
 

@@ -204,3 +204,19 @@ def test_s3_input_and_output(clips, s3_bucket):
     assert read_done(out, "train-a")["segments"] == 2
     segs = read_segments([rep.shard])
     assert len(segs) == 2 and segs[0].crops(0, 2).shape == (2, 96, 96, 3)
+
+
+def test_empty_input_fails_before_ray(tmp_path, capsys, monkeypatch):
+    """A folder with no videos is reported by name without starting or joining a Ray cluster."""
+    import pipelines.cli
+    from lipsync.cli import main
+
+    def no_ray(address):
+        raise AssertionError("Ray was started for an input with no videos")
+
+    monkeypatch.setattr(pipelines.cli, "connect", no_ray)
+    (tmp_path / "empty").mkdir()
+    assert main(["preprocess", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "empty") in err and "no videos found" in err
+    assert not (tmp_path / "out").exists()
