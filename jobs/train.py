@@ -16,6 +16,6 @@ if __name__ == "__main__":
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if root not in sys.path:
         sys.path.insert(0, root)
-    from lipsync.train.cli import main_train
+    from pipelines.train_cli import main_train
 
     sys.exit(main_train())

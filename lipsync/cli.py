@@ -110,7 +110,7 @@ def _add_ray_commands(sub):
     """Subcommands that run on Ray live beside their Ray code; their parser modules import no Ray."""
     import importlib
 
-    for module in ("pipelines.cli", "serve.cli", "lipsync.train.cli"):
+    for module in ("pipelines.cli", "serve.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -64,6 +64,8 @@ def add_parsers(sub) -> None:
     add_dub_parser(sub)
     from pipelines.preprocess_cli import add_parsers as add_preprocess_parsers  # lipsync preprocess
     add_preprocess_parsers(sub)
+    from pipelines.train_cli import add_parsers as add_train_parsers  # lipsync train
+    add_train_parsers(sub)
 
 
 def cmd_dub(args) -> int:

@@ -104,3 +104,19 @@ def test_generate_reports_missing_weights_and_bad_flags(tmp_path, capsys):
     assert "fp8" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: --video_path and --image_path exclude each other
         main(args + ["--image_path", "x.png"])
+
+
+def test_core_library_has_no_ray_imports():
+    """DESIGN.md's layout rule: lipsync/ is the plain library; Ray wiring lives in pipelines/, serve/, jobs/."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "lipsync"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root.parent)}:{node.lineno}" for n in names
+                          if n == "ray" or n.startswith("ray.")]
+    assert not offenders, offenders

@@ -116,7 +116,7 @@ def test_recipes_in_process(shards, tmp_path):
 def test_cli_resume_flag():
     import argparse
 
-    from lipsync.train.cli import train_arguments
+    from pipelines.train_cli import train_arguments
 
     p = argparse.ArgumentParser()
     train_arguments(p)
@@ -155,7 +155,7 @@ def test_two_workers_recover_and_resume(shards, tmp_path, ray_session):  # noqa:
     from lipsync.pipeline.components import load_components
     from lipsync.profiles import load_profile
     from lipsync.train.config import TrainConfigError
-    from lipsync.train.trainer import fit
+    from pipelines.train import fit
 
     marker = tmp_path / "crashed"
     cfg = _cfg("vae", shards, name="vae-ddp", data={"window": 1, "batch_size": 2, "val_batches": 4},

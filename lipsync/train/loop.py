@@ -1,8 +1,8 @@
 """The per-worker training loop, the same for every recipe.
 
-:func:`train_loop_per_worker` is what ``TorchTrainer`` runs on each worker; it wraps Ray Train's
-per-worker API in a :class:`RaySession` and calls :func:`run`. :func:`run` itself knows nothing of
-Ray: give it a :class:`LocalSession` to train in one process (tests, benchmarks).
+:func:`run` knows nothing of Ray: ``pipelines/train.py`` calls it on each ``TorchTrainer`` worker
+with a session that wraps Ray Train's per-worker API; a :class:`LocalSession` trains in one
+process (tests, benchmarks).
 
 Per step: ``grad_accum`` micro-batches (DDP gradient sync on the last only), AdamW, gradient
 clipping (``grad_clip``), linear warm-up, AMP on GPU only (bf16 by default, fp16 with a grad
@@ -34,7 +34,7 @@ STATE_FILE = "state.pt"
 
 
 class Session(abc.ABC):
-    """What :func:`run` needs from its surroundings (see RaySession / LocalSession)."""
+    """What :func:`run` needs from its surroundings (``pipelines.train.RaySession`` / LocalSession)."""
 
     rank: int = 0
     world_size: int = 1
@@ -55,51 +55,6 @@ class Session(abc.ABC):
     @abc.abstractmethod
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         ...
-
-
-class RaySession(Session):
-    """Ray Train (v2) inside a ``TorchTrainer`` worker."""
-
-    def __init__(self):
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-
-    def dataset(self, name: str):
-        import ray.train
-
-        try:
-            return ray.train.get_dataset_shard(name)
-        except (KeyError, AssertionError, ValueError):
-            return None
-
-    @contextlib.contextmanager
-    def latest_checkpoint(self):
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            yield None
-            return
-        with ckpt.as_directory() as d:
-            yield d
-
-    def prepare(self, model):
-        import ray.train.torch
-
-        if self.world_size <= 1:
-            return model.to(self.device)
-        return ray.train.torch.prepare_model(model)
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        import ray.train
-
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
 
 
 @dataclass
@@ -131,12 +86,6 @@ class LocalSession(Session):
 
             dest = os.path.join(self.checkpoint_root, f"checkpoint_{int(metrics['step']):08d}")
             shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
-
-
-def train_loop_per_worker(config: dict) -> None:
-    """``TorchTrainer``'s per-worker function: ``config = {"cfg", "log_dir", "run_name", "val_files"}``."""
-    run(config["cfg"], RaySession(), log_dir=config.get("log_dir"), run_name=config.get("run_name"),
-        val_files=config.get("val_files"))
 
 
 def _amp(cfg: dict, device: torch.device):

@@ -1,4 +1,4 @@
-"""``lipsync train``: a training recipe on Ray Train. Registered by ``lipsync/cli.py`` through
+"""``lipsync train``: a training recipe on Ray Train. Registered by ``pipelines/cli.py`` through
 ``add_parsers``; nothing here imports Ray until the command runs."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def cmd_train(args) -> int:
         raise ValueError("--num_workers must be >= 1")
     import ray
 
-    from lipsync.train.trainer import fit
+    from pipelines.train import fit
 
     if not ray.is_initialized():
         ray.init(**({"address": args.address} if args.address else {}), log_to_driver=True, logging_level="WARNING")

@@ -1,4 +1,4 @@
-"""The driver of a training run: Ray Train's ``TorchTrainer`` over the preprocessing shards.
+"""``lipsync train`` on Ray: the driver of a training run: Ray Train's ``TorchTrainer`` over the preprocessing shards.
 
 ``fit`` builds::
 
@@ -19,19 +19,72 @@ name under the same ``save_dir`` continues from its latest checkpoint (Ray Train
 run that exists is never overwritten silently (``resume=False`` on an existing run is an error).
 After ``fit`` the latest checkpoint is exported to the inference folder format.
 
-Ray is imported only here and in :class:`lipsync.train.loop.RaySession` (inside functions), so the
-rest of :mod:`lipsync.train` stays usable without it.
+The per-worker loop itself is :func:`lipsync.train.loop.run`, which imports no Ray; this module
+gives it a :class:`RaySession`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 
 from lipsync.train.config import TrainConfigError
+from lipsync.train.loop import Session, run
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+class RaySession(Session):
+    """Ray Train (v2) inside a ``TorchTrainer`` worker."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def dataset(self, name: str):
+        import ray.train
+
+        try:
+            return ray.train.get_dataset_shard(name)
+        except (KeyError, AssertionError, ValueError):
+            return None
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield d
+
+    def prepare(self, model):
+        import ray.train.torch
+
+        if self.world_size <= 1:
+            return model.to(self.device)
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """``TorchTrainer``'s per-worker function: ``config = {"cfg", "log_dir", "run_name", "val_files"}``."""
+    run(config["cfg"], RaySession(), log_dir=config.get("log_dir"), run_name=config.get("run_name"),
+        val_files=config.get("val_files"))
 
 
 def _join(root: str, *parts: str) -> str:
@@ -111,8 +164,6 @@ def fit(cfg: dict, save_dir: str, log_dir: str | None = None, resume: bool = Fal
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from lipsync.train.loop import train_loop_per_worker
 
     say = say or (lambda msg: print(msg, flush=True))
     if not ray.is_initialized():
