@@ -338,6 +338,23 @@ def test_similarity_fit_recovers_a_known_transform():
     assert np.allclose(p2[:, 0] - c, (dst[:, 0] - c) * LATENTSYNC_ASPECT, atol=1e-3)
 
 
+def test_opening_jaw_does_not_move_the_crop():
+    """The crop follows the rigid upper face only: a jaw that drops (chin, lower lip, mouth corners)
+    must not shift or zoom it, or the unmasked upper half tells the UNet how wide the original
+    mouth was open."""
+    from lipsync.face import landmarks as lmk
+
+    size = 96
+    lm = np.zeros((478, 3))
+    lm[TEMPLATE_INDICES, :2] = TEMPLATE * 300 + np.array([120.0, 80.0])
+    M = estimate_alignment(lm, size)
+    opened = lm.copy()
+    moving = sorted(set(lmk.JAW) | set(lmk.LIPS_OUTER) | {61, 291, 152})
+    opened[moving, 1] += 25.0  # a wide jaw drop in frame pixels
+    opened[[61, 291], 0] += np.array([-6.0, 6.0])  # and spread mouth corners
+    assert np.abs(estimate_alignment(opened, size) - M).max() < 1e-9
+
+
 def test_template_framing():
     u, v = TEMPLATE[:, 0], TEMPLATE[:, 1]
     idx = {int(i): k for k, i in enumerate(TEMPLATE_INDICES)}
