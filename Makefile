@@ -31,7 +31,8 @@ samples: $(STAMP)
 
 # The default `tiny` model from scratch on CPU: synthetic corpus -> shards -> VAE -> SyncNet (5 frames,
 # the evaluator's) -> UNet stage 1 -> stage 1 continued with the noise MSE weighted on the mouth ->
-# SyncNet (16 frames, stage 2's supervisor only) -> UNet stage 2, then copied into the package (lipsync/assets/models/tiny/, the model card there stays). synth and
+# SyncNet (16 frames, stage 2's supervisor only) -> UNet stage 2, then copied into the package
+# (lipsync/assets/models/tiny/, the model card there stays). synth and
 # preprocess skip finished clips; add --resume to a `lipsync train` line to continue a run that stopped.
 # `make tiny-model-quality` measures it against the bars.
 TRAIN := out/train

@@ -1,4 +1,4 @@
-"""``lipsync train`` on Ray: the driver of a training run: Ray Train's ``TorchTrainer`` over the preprocessing shards.
+"""The driver of ``lipsync train``: Ray Train's ``TorchTrainer`` over the preprocessing shards.
 
 ``fit`` builds::
 

@@ -66,12 +66,10 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, overrides)
     if args.num_workers < 1:
         raise ValueError("--num_workers must be >= 1")
-    import ray
-
+    from pipelines.cli import connect
     from pipelines.train import fit
 
-    if not ray.is_initialized():
-        ray.init(**({"address": args.address} if args.address else {}), log_to_driver=True, logging_level="WARNING")
+    connect(args.address)
     out = fit(cfg, args.save_dir, args.log_dir, bool(args.resume), args.num_workers, args.use_gpu, args.export_dir)
     m = out["metrics"]
     shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float) and k in
