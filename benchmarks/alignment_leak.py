@@ -9,7 +9,8 @@ so each band is also scored against another segment's jaw (the baseline), and th
 (rows 0.10-0.45, above the lower-face mask) against the jaw shifted by -8..+8 frames: a peak at a
 positive lag means the crop responds to the jaw that many frames late (a causal filter's lag).
 The synthetic head motion is independent of speech, so with a leak-free alignment every figure
-outside the mask stays at the baseline.
+outside the mask stays at the baseline (it does on shards of the current preprocessing, which
+registers the upper face; docs/developer_guide.md has the figures before and after).
 """
 
 from __future__ import annotations

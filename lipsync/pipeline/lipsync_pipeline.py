@@ -128,9 +128,6 @@ class LipSyncPipeline:
         """What the encoder makes of digital silence: fed where voice activity says nobody speaks."""
         return self.preparer.silence_tokens()
 
-    def align(self, item: FrameItem) -> tuple[np.ndarray, np.ndarray]:
-        return self.preparer.align(item)
-
     def composite(self, image: np.ndarray, crop: np.ndarray, M: np.ndarray) -> np.ndarray:
         return paste_back(image, crop, M, self.paste_mask)
 

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from lipsync.face import estimate_alignment, lower_face_mask, paste_back, warp_to_crop
+from lipsync.face.steady import steady_alignments
 from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser
-from lipsync.pipeline.frames import FrameItem, face_landmarks
+from lipsync.pipeline.frames import FrameItem
 from lipsync.pipeline.inputs import DrivingAudio, load_driving_audio, voice_activity
 from lipsync.pipeline.windows import Blender, Window, WindowPlanner
 
@@ -129,16 +130,31 @@ class Preparer:
         return tokens
 
     # -- frames -----------------------------------------------------------------------------
-    def align(self, item: FrameItem) -> tuple[np.ndarray, np.ndarray]:
-        size = int(self.profile.resolution)
-        M = estimate_alignment(face_landmarks(item.face), size, aspect=float(self.profile.crop_aspect))
-        return warp_to_crop(item.image, M, size), M
+    def matrix(self, face) -> np.ndarray:
+        """The face's raw (unsmoothed) alignment, frame -> crop, from its unfiltered landmarks."""
+        return estimate_alignment(face.landmarks, int(self.profile.resolution),
+                                  aspect=float(self.profile.crop_aspect))
+
+    def crop(self, image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        return warp_to_crop(image, matrix, int(self.profile.resolution))
+
+    def aligned(self, items: Iterable, face_of=lambda item: item.face, index_of=lambda item: item.index,
+                image_of=lambda item: item.image, breaks=None) -> Iterator[tuple[object, np.ndarray | None]]:
+        """(item, its alignment or None without a face), in order, a few frames behind the input:
+        landmark fits smoothed over time (lipsync.face.steady), then registered on the upper face's
+        pixels (lipsync.face.register). Inference and preprocessing both cut their crops through
+        this, so the model trains on the crops it will be given."""
+        def raw(item):
+            face = face_of(item)
+            return None if face is None else self.matrix(face)
+
+        return steady_alignments(items, index_of, raw, int(self.profile.resolution), breaks, image_of)
 
     def stream(self, frames: Iterable[FrameItem], speech: Speech, planner: WindowPlanner) -> Iterator[PrepareStep]:
         """Align each frame's face and cut windows as soon as their frames are known.
 
         Crops are kept only while a window still to come may need them, so memory is bounded by
-        the window size, not the video's length.
+        the window size (plus the alignment's lookahead), not the video's length.
         """
         crops: dict[int, np.ndarray] = {}
 
@@ -147,11 +163,10 @@ class Preparer:
                                 self.audio_tokens(speech.features, w, speech.silent)) for w in windows]
 
         last = -1
-        for item in frames:
-            matrix = None
-            if item.face is not None:
-                crops[item.index], matrix = self.align(item)
-            windows = inputs(planner.push(item.index, item.face is not None))
+        for item, matrix in self.aligned(frames):
+            if matrix is not None:
+                crops[item.index] = self.crop(item.image, matrix)
+            windows = inputs(planner.push(item.index, matrix is not None))
             settled = planner.earliest_future_start()
             for j in [k for k in crops if k < settled]:
                 del crops[j]

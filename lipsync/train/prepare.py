@@ -204,7 +204,7 @@ class ClipPreparer:
         self.out = str(out)
         self.options = options or PrepareOptions()
         self.profile = load_profile(self.options.profile)
-        self.preparer = Preparer(self.profile, None)  # align() needs only the profile
+        self.preparer = Preparer(self.profile, None)  # alignment needs only the profile
         self.sync_filter = sync_filter
         self._detector = detector
 
@@ -236,7 +236,6 @@ class ClipPreparer:
         from lipsync.media.audio import load_audio
         from lipsync.media.uri import local_input
         from lipsync.media.video import iter_frames
-        from lipsync.pipeline.frames import FrameItem
 
         opts = self.options
         meta = _read_meta(task.meta)
@@ -263,19 +262,28 @@ class ClipPreparer:
                     rows.append(row)
             run = []
 
+        def tracked(frames):
+            """(frame, face or None where unusable, shot cut here), counting as it goes."""
+            for frame, face in track_video(frames, self.detector, target=opts.face):
+                report.frames += 1
+                cut = bool(cuts(frame.image))
+                report.cuts += cut
+                usable = face is not None and frame.index < audio_frames
+                report.face_frames += usable
+                yield frame, face if usable else None, cut
+
         with local_input(task.video) as local:
             frames = iter_frames(local, fps=FPS)
             try:
-                for frame, face in track_video(frames, self.detector, target=opts.face):
-                    report.frames += 1
-                    if cuts(frame.image):
-                        report.cuts += 1
+                for (frame, face, cut), matrix in self.preparer.aligned(
+                        tracked(frames), face_of=lambda t: t[1], index_of=lambda t: t[0].index,
+                        image_of=lambda t: t[0].image, breaks=lambda t: t[2]):
+                    if cut:
                         close_run()
-                    if face is None or frame.index >= audio_frames:
+                    if matrix is None:
                         close_run()
                         continue
-                    report.face_frames += 1
-                    crop, _ = self.preparer.align(FrameItem(frame.index, frame.index, frame.image, face))
+                    crop = self.preparer.crop(frame.image, matrix)
                     if crop.shape[:2] != (size, size):
                         raise ValueError(f"aligned crop is {crop.shape[:2]}, expected {size} x {size}")
                     run.append((frame.index, crop))
