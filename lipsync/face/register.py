@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lipsync.face.align import warp_to_crop
+from lipsync.face.align import _resample_matrix, _to3, warp_to_crop
 
 WORK_SIZE = 96  # registration runs on crops of this size whatever the profile's size
 BAND = (0.05, 0.45, 0.10, 0.90)  # rows top, bottom, columns left, right (fractions of the crop)
@@ -31,32 +31,19 @@ MIN_CORR = 0.7  # least ECC correlation accepted
 _CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-5)
 
 
-def _to3(m: np.ndarray) -> np.ndarray:
-    return np.vstack([np.asarray(m, np.float64), [0.0, 0.0, 1.0]])
-
-
-def _resize_map(src: float, dst: float) -> np.ndarray:
-    """3 x 3 map from crop pixel coords at size ``src`` to those at ``dst`` (same unit square)."""
-    k = dst / src
-    return np.array([[k, 0.0, 0.5 * k - 0.5], [0.0, k, 0.5 * k - 0.5], [0.0, 0.0, 1.0]])
-
-
 class UpperFaceRegistrar:
     """refine(matrix, image, new_run) -> the matrix corrected so the crop's upper face sits where
     it sat in the run's first crop. ``size``: the crop size the matrices map to."""
 
     def __init__(self, size: int):
         self.size = float(size)
-        self.to_work = _resize_map(self.size, WORK_SIZE)
+        self.to_work = _resample_matrix(WORK_SIZE / self.size)
         self.from_work = np.linalg.inv(self.to_work)
         s = WORK_SIZE
         self.mask = np.zeros((s, s), np.uint8)
         self.mask[int(BAND[0] * s):int(BAND[1] * s), int(BAND[2] * s):int(BAND[3] * s)] = 1
         self.anchor: np.ndarray | None = None
         self.fallbacks = 0  # frames where the landmark alignment was kept (for diagnostics)
-
-    def reset(self) -> None:
-        self.anchor = None
 
     def _grey(self, image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         m = (self.to_work @ _to3(matrix))[:2]
