@@ -55,9 +55,17 @@ tiny-model: $(STAMP)
 		--set init_from=$(TRAIN)/ckpt/tiny-unet-mouth/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
 		--set loss.sync_windows=[16] --set loss.sync=0.1 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
 		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=1500
+	$(VENV)/bin/lipsync train --config configs/train/unet_stage2.yaml $(TRAIN_ARGS) --name tiny-unet-reg \
+		--set init_from=$(TRAIN)/ckpt/tiny-unet-stage2/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
+		--set loss.sync_windows=[16] --set loss.sync=0.1 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
+		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=900 --set train.trainable=[.]
+	$(VENV)/bin/lipsync train --config configs/train/unet_stage2.yaml $(TRAIN_ARGS) --name tiny-unet-reg2 \
+		--set init_from=$(TRAIN)/ckpt/tiny-unet-reg/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
+		--set loss.sync_windows=[16] --set loss.sync=0.15 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
+		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=900 --set train.trainable=[.]
 	mkdir -p $(BUNDLED)
 	rm -rf $(BUNDLED)/unet $(BUNDLED)/vae $(BUNDLED)/audio_encoder $(BUNDLED)/scheduler $(BUNDLED)/syncnet
-	cp -r $(TRAIN)/ckpt/tiny-unet-stage2/model/* $(BUNDLED)/
+	cp -r $(TRAIN)/ckpt/tiny-unet-reg2/model/* $(BUNDLED)/
 	cp -r $(TRAIN)/ckpt/tiny-syncnet5/syncnet $(BUNDLED)/syncnet
 
 tiny-model-quality: $(STAMP)
