@@ -219,6 +219,12 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def _add_data(sub):
+    from lipsync.data.cli import add_parser  # stdlib only: keeps `lipsync --help` fast
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipsync", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_tts(sub)
     _add_probe(sub)
+    _add_data(sub)
     from lipsync.eval.cli import add_parser as _add_eval
 
     _add_eval(sub)
