@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -226,6 +227,8 @@ def _fetch_one(entry: Entry, dest: Path, mirror: Path | None, base_url: str | No
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", None) or err
         raise DataError(f"download failed: {url}: {reason} (no network? use --mirror DIR)") from None
+    except http.client.HTTPException as err:  # e.g. IncompleteRead: the connection dropped mid-file
+        raise DataError(f"download failed: {url}: {type(err).__name__}: {err}") from None
     return "downloaded"
 
 
