@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ V10_RENAMES = [(".audio_cross_attn.norm.", ".norm2."), (".audio_cross_attn.attn.
 # the audio cross-attentions (attn2) only.
 STAGE2_TRAINABLE = ("motion_modules.", "attentions.")
 STAGE2_EFFICIENT_TRAINABLE = ("motion_modules.", "attn2.")
+LATENTSYNC_MOTION_NORM_GROUPS = 32
 
 
 @dataclass
@@ -108,6 +109,16 @@ class UNetConfig:
     def latentsync(cls) -> "UNetConfig":
         """LatentSync 1.5 (256 px) and 1.6 (512 px): the same architecture."""
         return cls()
+
+    def for_latentsync_weights(self) -> "UNetConfig":
+        """This config with the motion-module GroupNorms LatentSync's weights were trained with: their
+        VanillaTemporalModule never receives norm_num_groups, so it is 32 whatever the UNet's own
+        setting. Any other count loads the same tensor shapes and silently computes something else."""
+        if self.motion_norm_num_groups == LATENTSYNC_MOTION_NORM_GROUPS:
+            return self
+        log.warning("motion_norm_num_groups=%s replaced by %s for LatentSync weights", self.motion_norm_num_groups,
+                    LATENTSYNC_MOTION_NORM_GROUPS)
+        return replace(self, motion_norm_num_groups=LATENTSYNC_MOTION_NORM_GROUPS)
 
     @classmethod
     def tiny(cls, block_out_channels: Iterable[int] = (32, 64, 128), **overrides) -> "UNetConfig":

@@ -55,5 +55,8 @@ def encode(vae, images: torch.Tensor, scaling_factor: float, shift_factor: float
 
 
 @torch.no_grad()
-def decode(vae, latents: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0) -> torch.Tensor:
-    return vae.decode(latents / scaling_factor + shift_factor).sample.clamp(-1, 1)
+def decode(vae, latents: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0,
+           clamp: bool = True) -> torch.Tensor:
+    """``clamp=False`` gives the raw decoder output, which LatentSync blends before it clamps."""
+    out = vae.decode(latents / scaling_factor + shift_factor).sample
+    return out.clamp(-1, 1) if clamp else out

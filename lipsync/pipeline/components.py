@@ -59,7 +59,7 @@ def unet_config(profile: Profile):
     cfg = dict(profile.unet)
     preset = cfg.pop("preset", None)
     if preset == "latentsync":
-        return UNetConfig.from_dict({**UNetConfig.latentsync().to_dict(), **cfg})
+        return UNetConfig.from_dict({**UNetConfig.latentsync().to_dict(), **cfg}).for_latentsync_weights()
     if preset is not None:
         raise CheckpointError(profile.source, f"unknown UNet preset {preset!r} (known: latentsync)")
     return UNetConfig.from_dict(cfg)
@@ -192,7 +192,8 @@ def _load_latentsync(profile: Profile, paths: dict, parts=ALL_PARTS, origin: str
     from lipsync.models.unet import UNet3DConditionModel
     from lipsync.models.vae import load_vae_folder
 
-    unet = UNet3DConditionModel.from_checkpoint(paths["unet"], config=unet_config(profile)) if "unet" in parts else None
+    config = unet_config(profile).for_latentsync_weights()  # their file layout = their motion GroupNorm
+    unet = UNet3DConditionModel.from_checkpoint(paths["unet"], config=config) if "unet" in parts else None
     audio = WhisperAudioEncoder.from_file(paths["audio"]) if "audio" in parts else None
     vae = load_vae_folder(paths["vae"]) if "vae" in parts else None
     return Components(profile, unet, vae, audio, scheduler_of(profile), float(profile.vae.get("scaling_factor", 0.18215)),

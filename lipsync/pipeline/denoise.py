@@ -42,8 +42,32 @@ def to_video(t: torch.Tensor, b: int, f: int) -> torch.Tensor:
     return t.reshape(b, f, *t.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
+MASK_RESIZES = ("bilinear", "nearest")
+
+
+def latent_mask(keep: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """The keep mask (n, 1, S, S) at latent size. ``nearest`` is LatentSync's (``F.interpolate``'s
+    default, one sample per latent pixel); ``bilinear`` averages the two rows nearest the latent
+    pixel's centre. Both agree on a box whose edges lie on the latent grid (our lower-face masks);
+    they differ on a soft or curved mask such as LatentSync's resized mask.png."""
+    if mode not in MASK_RESIZES:
+        raise ValueError(f"mask resize must be one of {MASK_RESIZES}, got {mode!r}")
+    if mode == "nearest":
+        return F.interpolate(keep, size=size, mode="nearest")
+    return F.interpolate(keep, size=size, mode="bilinear", align_corners=False)
+
+
+def mask_resize_of(profile) -> str:
+    """The profile's latent mask resize (``mask.latent_resize``; LatentSync profiles: nearest)."""
+    mode = str((profile.mask or {}).get("latent_resize", "bilinear"))
+    if mode not in MASK_RESIZES:
+        raise ValueError(f"{profile.source or profile.name}: mask.latent_resize must be one of {MASK_RESIZES}")
+    return mode
+
+
 def condition_latents(encode, x: torch.Tensor, keep: torch.Tensor, b: int, f: int,
-                      ref: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      ref: torch.Tensor | None = None,
+                      mask_resize: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The UNet's conditioning channels, built the same way for inference and training.
 
     ``x``: (B*F, 3, S, S) crops in [-1, 1]; ``keep``: (1, 1, S, S), 1 = keep (the upper face);
@@ -51,11 +75,21 @@ def condition_latents(encode, x: torch.Tensor, keep: torch.Tensor, b: int, f: in
     ``x`` itself (inference); training takes them from other frames of the same clip.
     Returns (mask (B, 1, F, h, w), masked-face latents, reference latents (B, C, F, h, w))."""
     ref_lat = encode(x if ref is None else ref)
-    masked = encode(x * keep.to(x))
+    # The product is taken in the wider of the two dtypes, as LatentSync does (a float64 mask times
+    # float32 pixels); a float32 model then gets it rounded once.
+    wide = torch.promote_types(x.dtype, keep.dtype)
+    masked = encode((x.to(wide) * keep.to(x.device, wide)).to(x.dtype))
     h, w = ref_lat.shape[-2:]
-    mask_lat = F.interpolate(keep, size=(h, w), mode="bilinear", align_corners=False)
+    mask_lat = latent_mask(keep, (h, w), mask_resize)
     mask_lat = mask_lat.to(ref_lat.device, ref_lat.dtype).expand(b * f, -1, -1, -1)
     return to_video(mask_lat, b, f), to_video(masked, b, f), to_video(ref_lat, b, f)
+
+
+def crops_to_pixels(crops: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (..., S, S, 3) -> (..., 3, S, S) in [-1, 1], computed in ``dtype`` (at least float32)
+    as LatentSync normalises, (x / 255 - 0.5) / 0.5, so a float64 run sees its pixels exactly."""
+    x = torch.as_tensor(crops).to(torch.promote_types(dtype, torch.float32)).div(255.0).sub(0.5).div(0.5)
+    return x.movedim(-1, -3)
 
 
 def unet_input(latents: torch.Tensor, mask_lat: torch.Tensor, masked: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -71,6 +105,8 @@ class DenoiseSettings:
     # The reference latent of frame i is the window's frame (i + reference_shift) mod F. 0 (LatentSync):
     # the frame itself, whose original mouth a model trained on other frames' references can copy.
     reference_shift: int = 0
+    # How the keep mask reaches latent size: "nearest" is LatentSync's (profiles' mask.latent_resize).
+    mask_resize: str = "bilinear"
 
 
 class WindowDenoiser:
@@ -79,6 +115,9 @@ class WindowDenoiser:
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.scaling, self.shift = float(scaling_factor), float(shift_factor)
         self.device, self.dtype = torch.device(device), dtype
+        # The DDIM state is kept at least in float32 (a half-precision model's steps would round the
+        # latents 20 times) and in float64 with a float64 model (then the whole path is float64).
+        self.latent_dtype = torch.promote_types(dtype, torch.float32)
 
     def latent_shape(self, size: int) -> tuple[int, int]:
         k = vae_ops.downsample_factor(self.vae)
@@ -101,23 +140,37 @@ class WindowDenoiser:
         tokens: (B, F, T, D); noise: (1, C, 1, h, w) shared by every window, or (B, C, 1, h, w) one per
         window (windows of different videos and seeds batched together). Returns (B, F, S, S, 3) uint8."""
         b, f, s = crops.shape[0], crops.shape[1], crops.shape[2]
-        x = torch.from_numpy(crops).float().div(127.5).sub(1.0)  # (B, F, S, S, 3)
-        x = x.permute(0, 1, 4, 2, 3).reshape(b * f, 3, s, s)
-        keep = torch.from_numpy(keep_mask.astype(np.float32))[None, None]
-        mask_lat, masked, ref = condition_latents(self._encode, x, keep, b, f)
+        out = self.decoded(crops, keep_mask, tokens, noise, settings, null_tokens).clamp(-1, 1).float()
+        out = ((out + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+        return out.reshape(b, f, 3, s, s).permute(0, 1, 3, 4, 2).cpu().numpy()
+
+    @torch.no_grad()
+    def decoded(self, crops: np.ndarray, keep_mask: np.ndarray, tokens: torch.Tensor, noise: torch.Tensor,
+                settings: DenoiseSettings, null_tokens: torch.Tensor | None = None,
+                trace: dict | None = None) -> torch.Tensor:
+        """As :meth:`__call__`, but returns the VAE's raw output (B*F, 3, S, S) in the model dtype,
+        unclamped. ``trace``, when given, receives every intermediate under LatentSync's names
+        (mask_latents, masked_image_latents, ref_latents, timesteps, first_guided_pred, final_latents)."""
+        b, f, s = crops.shape[0], crops.shape[1], crops.shape[2]
+        x = crops_to_pixels(crops, self.dtype).reshape(b * f, 3, s, s).to(self.device, self.dtype)
+        keep = torch.as_tensor(np.asarray(keep_mask, dtype=np.float64))[None, None].to(self.device)
+        mask_lat, masked, ref = condition_latents(self._encode, x, keep, b, f, mask_resize=settings.mask_resize)
         if settings.reference_shift % f:
             ref = ref.roll(-settings.reference_shift, dims=2)
         h, w = ref.shape[-2:]
-        latents = noise.to(self.device, torch.float32).expand(b, -1, f, -1, -1).clone()
+        latents = noise.to(self.device, self.latent_dtype).expand(b, -1, f, -1, -1).clone()
         latents = latents * self.scheduler.init_noise_sigma
         tokens = tokens.to(self.device, self.dtype)
         cfg = settings.guidance_scale > 1.0
-        if cfg:
+        if cfg:  # unconditional first, as LatentSync batches it
             null = torch.zeros_like(tokens) if null_tokens is None else null_tokens.to(tokens).expand_as(tokens)
             cond_in = torch.cat([null, tokens])
         else:
             cond_in = tokens
         self.scheduler.set_timesteps(settings.num_steps, device=self.device)
+        if trace is not None:
+            trace.update(mask_latents=mask_lat, masked_image_latents=masked, ref_latents=ref,
+                         timesteps=self.scheduler.timesteps.clone())
         cache: dict | None = {} if settings.deepcache_interval > 1 else None
         for i, t in enumerate(self.scheduler.timesteps):
             inp = unet_input(self.scheduler.scale_model_input(latents, t).to(self.dtype), mask_lat, masked, ref)
@@ -128,12 +181,14 @@ class WindowDenoiser:
                 kwargs = {"cache": cache, "reuse_deep": i % settings.deepcache_interval != 0}
             eps = self.unet(inp, t, cond_in, **kwargs)
             eps = eps.sample if hasattr(eps, "sample") else eps
-            eps = eps.float()
+            eps = eps.to(self.latent_dtype)
             if cfg:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + settings.guidance_scale * (cond - uncond)
+            if trace is not None and i == 0:
+                trace["first_guided_pred"] = eps
             latents = self.scheduler.step(eps, t, latents).prev_sample
+        if trace is not None:
+            trace["final_latents"] = latents
         lat = latents.permute(0, 2, 1, 3, 4).reshape(b * f, *latents.shape[1:2], h, w)
-        out = vae_ops.decode(self.vae, lat.to(self.dtype), self.scaling, self.shift).float()
-        out = ((out + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
-        return out.reshape(b, f, 3, s, s).permute(0, 1, 3, 4, 2).cpu().numpy()
+        return vae_ops.decode(self.vae, lat.to(self.dtype), self.scaling, self.shift, clamp=False)
