@@ -37,7 +37,9 @@ class VideoAnalysis:
     boxes: np.ndarray  # (N, 4) mesh boxes, NaN without a face
     crops: np.ndarray  # (N, S, S, 3) uint8 aligned crops (zeros without a face)
     flicker: np.ndarray  # (N,) grey levels outside the regenerated region, NaN where undefined
-    reference: dict | None  # per-frame arrays: ssim, psnr, ssim_lower, psnr_lower, psnr_outside (NaN where undefined)
+    # per-frame arrays: ssim, psnr, ssim_lower, psnr_lower, psnr_outside and the fidelity measures
+    # psnr_eyes, sharpness_ratio, colour_shift (NaN where undefined)
+    reference: dict | None
     reference_frames: int = 0
 
     @property
@@ -55,6 +57,18 @@ def _regen_region(shape: tuple[int, int], matrix: np.ndarray | None, crop_mask: 
     return cv2.dilate(m, np.ones((5, 5), np.uint8)) > 0
 
 
+def _reference_frames(reference: str):
+    """The reference's frames at 25 fps; a still image stands for every frame (a dub of a photo)."""
+    from lipsync.media.video import is_image_path, iter_frames
+
+    if not is_image_path(os.fspath(reference)):
+        yield from iter_frames(reference)
+        return
+    frame = next(iter_frames(reference))
+    while True:
+        yield frame
+
+
 def analyze_video(video: str, reference: str | None = None, crop_size: int = 96, aspect: float = 1.0,
                   mask_top: float = 0.5, lower_size: int = 96) -> VideoAnalysis:
     """One pass over ``video`` (and ``reference`` in step): face track (largest face), aligned
@@ -62,16 +76,17 @@ def analyze_video(video: str, reference: str | None = None, crop_size: int = 96,
     ``mask_top``), and SSIM / PSNR against the reference, whole frame and lower-face crop
     (``lower_size`` px crop, rows below ``mask_top``)."""
     from lipsync.face import FaceDetector, estimate_alignment, lower_face_mask, track_video, warp_to_crop
-    from lipsync.media.video import iter_frames
+    from lipsync.media.video import is_image_path, iter_frames
     from lipsync.pipeline.frames import face_landmarks
 
     crop_mask = lower_face_mask(crop_size, top=mask_top).astype(np.uint8)
     has_face, lms, boxes, crops, flicker = [], [], [], [], []
-    ref_rows: dict[str, list] = {"ssim": [], "psnr": [], "ssim_lower": [], "psnr_lower": [], "psnr_outside": []}
+    ref_rows: dict[str, list] = {"ssim": [], "psnr": [], "ssim_lower": [], "psnr_lower": [], "psnr_outside": [],
+                                 "psnr_eyes": [], "sharpness_ratio": [], "colour_shift": []}
     grays: list[np.ndarray] = []
     regions: list[np.ndarray] = []
     size = None
-    ref_iter = iter_frames(reference) if reference else None
+    ref_iter = _reference_frames(reference) if reference else None
     ref_done = False
     ref_count = 0
     frames = iter_frames(video)
@@ -133,10 +148,12 @@ def analyze_video(video: str, reference: str | None = None, crop_size: int = 96,
                         b = warp_to_crop(rimg, lm_matrix, lower_size)[r0:]
                         ref_rows["ssim_lower"].append(M.ssim(a, b))
                         ref_rows["psnr_lower"].append(M.psnr(a, b))
+                        for k, v in M.fidelity(img, rimg, face.landmarks).items():
+                            ref_rows[k].append(v)
                     else:
-                        ref_rows["ssim_lower"].append(math.nan)
-                        ref_rows["psnr_lower"].append(math.nan)
-        if ref_iter is not None and not ref_done:
+                        for k in ("ssim_lower", "psnr_lower", "psnr_eyes", "sharpness_ratio", "colour_shift"):
+                            ref_rows[k].append(math.nan)
+        if ref_iter is not None and not ref_done and not is_image_path(os.fspath(reference)):
             ref_count += sum(1 for _ in ref_iter)  # frames the reference has beyond the video
     finally:
         frames.close()
@@ -341,6 +358,10 @@ def evaluate(video: str, audio: str | None = None, reference: str | None = None,
             "ssim": M.nanmean(r["ssim"]), "psnr": M.nanmean(r["psnr"]),
             "ssim_lower_face": M.nanmean(r["ssim_lower"]), "psnr_lower_face": M.nanmean(r["psnr_lower"]),
             "psnr_outside": M.nanmean(r["psnr_outside"]),
+            # fidelity to the input: eyes untouched, lower face as sharp and of the same colour
+            "psnr_eyes": M.nanmean(r["psnr_eyes"]),
+            "sharpness_ratio_lower_face": M.nanmean(r["sharpness_ratio"]),
+            "colour_shift_lower_face": M.nanmean(r["colour_shift"]),
             "frames_compared": int(np.isfinite(r["ssim"]).sum()),
             "reference_frames": int(analysis.reference_frames),
         }
@@ -419,6 +440,9 @@ def summary_lines(report: dict) -> list[str]:
     if r:
         lines.append(f"vs reference: SSIM {f(r['ssim'], '{:.4f}')}  PSNR {f(r['psnr'], '{:.2f}')} dB; lower face "
                      f"SSIM {f(r['ssim_lower_face'], '{:.4f}')}  PSNR {f(r['psnr_lower_face'], '{:.2f}')} dB")
+        lines.append(f"fidelity: eye-region PSNR {f(r.get('psnr_eyes'), '{:.2f}')} dB; lower face sharpness "
+                     f"{f(r.get('sharpness_ratio_lower_face'))}x the reference's, colour shift dE "
+                     f"{f(r.get('colour_shift_lower_face'), '{:.2f}')}")
     for note in report.get("notes", []):
         lines.append(f"note: {note}")
     return lines

@@ -236,3 +236,71 @@ def speech_energy_db(samples: np.ndarray, n_frames: int, fps: float = 25.0, samp
         if len(seg):
             out[i] = 20.0 * math.log10(math.sqrt(float(np.mean(np.square(seg, dtype=np.float64)))) + 1e-5)
     return out
+
+
+# ------------------------------------------------------------------------------ fidelity
+# What a dub must keep of the person (docs/eval.md): eyes untouched, lower-face texture as sharp as
+# the input's and of the same colour. Regions come from the face mesh in frame pixels.
+EYE_REGION = lmk.RIGHT_EYE + lmk.LEFT_EYE + lmk.RIGHT_EYEBROW + lmk.LEFT_EYEBROW
+LOWER_FACE_REGION = tuple(lmk.JAW[2:-2]) + lmk.NOSE_BOTTOM_ARC
+
+
+def region_mask(shape: tuple[int, int], landmarks: np.ndarray, indices, grow: float = 0.0) -> np.ndarray:
+    """Bool (H, W) mask: the convex hull of ``landmarks[indices]`` (frame pixels), grown by
+    ``grow`` pixels; all False when the points are missing."""
+    h, w = shape[:2]
+    pts = np.asarray(landmarks, np.float64)[list(indices), :2]
+    m = np.zeros((h, w), np.uint8)
+    if not np.isfinite(pts).all():
+        return m.astype(bool)
+    hull = cv2.convexHull(np.round(pts * 16).astype(np.int32))
+    cv2.fillConvexPoly(m, hull, 1, lineType=cv2.LINE_8, shift=4)
+    r = int(round(grow))
+    if r > 0:
+        m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return m > 0
+
+
+def eye_region(shape: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
+    """Both eyes and brows, grown by a tenth of the inter-ocular distance."""
+    return region_mask(shape, landmarks, EYE_REGION, 0.1 * lmk.inter_ocular_distance(np.asarray(landmarks)[:, :2]))
+
+
+def lower_face_region(shape: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
+    """The face below the nose: jaw from cheek to cheek and the nose's lower rim."""
+    return region_mask(shape, landmarks, LOWER_FACE_REGION)
+
+
+def sharpness(image: np.ndarray, region: np.ndarray) -> float:
+    """Mean absolute Laplacian of the grey image over ``region`` (NaN when empty)."""
+    if not region.any():
+        return math.nan
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=3))[region].mean())
+
+
+def mean_lab(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """CIE L*a*b* (D65) of the region's mean colour; NaN when empty."""
+    if not region.any():
+        return np.full(3, np.nan)
+    rgb = image[region].astype(np.float32).mean(axis=0) / 255.0
+    return cv2.cvtColor(rgb.reshape(1, 1, 3).astype(np.float32), cv2.COLOR_RGB2Lab).reshape(3).astype(np.float64)
+
+
+def colour_shift(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
+    """CIE76 delta E between the mean colours of ``region`` in images ``a`` and ``b``."""
+    return float(np.linalg.norm(mean_lab(a, region) - mean_lab(b, region)))
+
+
+def fidelity(output: np.ndarray, reference: np.ndarray, landmarks: np.ndarray) -> dict:
+    """Per-frame fidelity of ``output`` to its input ``reference`` (same size), over the mesh
+    regions of ``landmarks`` (frame pixels): eye-region PSNR (dB), lower-face sharpness ratio
+    (output / reference) and lower-face colour shift (delta E)."""
+    eyes = eye_region(output.shape, landmarks)
+    lower = lower_face_region(output.shape, landmarks)
+    ref_sharp = sharpness(reference, lower)
+    return {
+        "psnr_eyes": psnr(output[eyes], reference[eyes]) if eyes.any() else math.nan,
+        "sharpness_ratio": sharpness(output, lower) / ref_sharp if ref_sharp > 0 else math.nan,
+        "colour_shift": colour_shift(output, reference, lower) if lower.any() else math.nan,
+    }

@@ -32,8 +32,8 @@ from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameSource
 from lipsync.pipeline.inputs import FPS, load_native_audio
 from lipsync.pipeline.manifest import DubTask
-from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput, denoise_settings, paste_mask_of,
-                                     window_planner)
+from lipsync.pipeline.stages import (CompositeSpec, Compositor, Denoiser, Preparer, WindowInput, composite_spec_of,
+                                     denoise_settings, window_planner)
 from lipsync.pipeline.windows import Window
 
 RECORD_DIR = "_done"
@@ -66,9 +66,10 @@ class VideoPlan:
     n_src: int  # source frames found by the first pass
     is_image: bool
     matrices: np.ndarray  # (n_out, 2, 3) float64 frame -> crop alignment; NaN where no face
+    points: np.ndarray  # (n_out, K, 2) float32 the composite's crop points (crop_points); NaN where no face
     n_shards: int
     overlap: int
-    mask: np.ndarray  # pasted region on the crop (1 = generated pixels): paste_mask_of(profile)
+    composite: CompositeSpec  # the profile's composite: composite_spec_of(profile)
     frames_with_face: int
     native: np.ndarray | None = None  # the speech for text tasks (audio files are read again)
     native_rate: int | None = None
@@ -135,6 +136,7 @@ class PrepareVideo:
         settings = denoise_settings(self.profile, opts.num_steps, opts.guidance_scale, opts.deepcache_interval)
         planner = window_planner(self.profile, opts.overlap)
         matrices = np.full((n_out, 2, 3), np.nan)
+        points = None
         windows: list[WindowInput] = []
         n_shards = with_face = 0
         spent = 0.0  # time already accounted to yielded shards' preparation
@@ -150,6 +152,9 @@ class PrepareVideo:
             for step in self.preparer.stream(source, speech, planner):
                 if step.matrix is not None:
                     matrices[step.item.index] = step.matrix
+                    if points is None:
+                        points = np.full((n_out, *step.points.shape), np.nan, np.float32)
+                    points[step.item.index] = step.points
                     with_face += 1
                 windows += step.windows
                 if len(windows) >= self.shard_windows:
@@ -170,8 +175,9 @@ class PrepareVideo:
         native = rate = None
         if task.audio is None:  # synthesised speech: small, and costly to make again
             native, rate = speech.driving.native, speech.driving.native_rate
-        yield VideoPlan(task, n_out, int(source.n_src or 0), task.image is not None, matrices, n_shards,
-                        planner.overlap, paste_mask_of(self.profile), with_face, native, rate, notes, time.perf_counter() - t0 + spent)
+        yield VideoPlan(task, n_out, int(source.n_src or 0), task.image is not None, matrices, points, n_shards,
+                        planner.overlap, composite_spec_of(self.profile), with_face, native, rate, notes,
+                        time.perf_counter() - t0 + spent)
 
 
 def denoise_shards(denoiser: Denoiser, shards: list[Shard], max_batch: int | None = None) -> list[Shard]:
@@ -206,7 +212,7 @@ def finish_video(plan: VideoPlan, shards: list[Shard], output_dir: str | None = 
 
     t0 = time.perf_counter()
     task = plan.task
-    compositor = Compositor(plan.mask, plan.overlap)
+    compositor = Compositor(plan.composite, plan.overlap)
     # Windows are blended in as the frames reach them: memory holds one window span, not the video.
     pending = sorted(((w, g) for sh in shards for w, g in zip(sh.windows, sh.generated)),
                   key=lambda p: p[0].start, reverse=True)
@@ -224,7 +230,8 @@ def finish_video(plan: VideoPlan, shards: list[Shard], output_dir: str | None = 
             while pending and pending[-1][0].start <= item.index:
                 compositor.add(*pending.pop())
             m = plan.matrices[item.index]
-            frame, done = compositor.frame(item.index, item.image, None if np.isnan(m[0, 0]) else m)
+            frame, done = compositor.frame(item.index, item.image, None if np.isnan(m[0, 0]) else m,
+                                           plan.points[item.index])
             pasted += done
             writer.write(frame)
         if writer.frames_written != plan.n_out:

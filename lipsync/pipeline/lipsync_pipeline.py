@@ -3,7 +3,7 @@
 Read top to bottom, ``__call__`` is: load the speech and encode it; stream the frames with their
 tracked target face; align each face to a crop; cut the stream into overlapping 16-frame windows;
 denoise batches of windows (VAE encode, DDIM with audio guidance, VAE decode); cross-fade the
-overlaps; paste the mouth region back into the original frame; encode with the speech. Frames
+overlaps; composite the regenerated lower face into the original frame; encode with the speech. Frames
 without a face pass through untouched. Memory is bounded by the batch of windows in flight, not by
 the video's length.
 
@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 from lipsync.errors import NoFaceError
-from lipsync.face import paste_back
 from lipsync.pipeline.components import Components, load_components, save_folder
 from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameItem, FrameSource
 from lipsync.pipeline.inputs import FPS, DrivingAudio
-from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput, denoise_settings, paste_mask_of,
+from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput, composite_spec_of, denoise_settings,
                                      regen_mask_of, window_planner)
 from lipsync.pipeline.windows import Window
 from lipsync.profiles import load_profile
@@ -97,7 +96,7 @@ class LipSyncPipeline:
         self.dtype = pick_dtype(dtype, self.device)
         components.to(self.device, self.dtype)
         self.regen_mask = regen_mask_of(self.profile)
-        self.paste_mask = paste_mask_of(self.profile)
+        self.composite = composite_spec_of(self.profile)
         self.preparer = Preparer(self.profile, components.audio_encoder)
         self.stage_denoiser = Denoiser(components, self.device, self.dtype, self.regen_mask)
         self.denoiser = self.stage_denoiser.windows  # the WindowDenoiser
@@ -127,9 +126,6 @@ class LipSyncPipeline:
     def silence_tokens(self) -> torch.Tensor:
         """What the encoder makes of digital silence: fed where voice activity says nobody speaks."""
         return self.preparer.silence_tokens()
-
-    def composite(self, image: np.ndarray, crop: np.ndarray, M: np.ndarray) -> np.ndarray:
-        return paste_back(image, crop, M, self.paste_mask)
 
     def denoise(self, windows: list[Window], crops: dict[int, np.ndarray], features: torch.Tensor,
                 silent: np.ndarray | None, noise: torch.Tensor | int, settings: DenoiseSettings) -> list[np.ndarray]:
@@ -167,8 +163,9 @@ class LipSyncPipeline:
         driving, n_out = speech.driving, speech.num_frames
         settings = denoise_settings(self.profile, opts.num_steps, opts.guidance_scale, opts.deepcache_interval)
         planner = window_planner(self.profile, opts.overlap)
-        compositor = Compositor(self.paste_mask, planner.overlap)
-        frames: dict[int, tuple[FrameItem, np.ndarray | None]] = {}  # frames waiting for their crops
+        compositor = Compositor(self.composite, planner.overlap)
+        # frames waiting for their crops, with their alignment and crop points
+        frames: dict[int, tuple[FrameItem, np.ndarray | None, np.ndarray | None]] = {}
         pending: list[WindowInput] = []
         state = {"next": 0, "with_face": 0}
 
@@ -179,8 +176,8 @@ class LipSyncPipeline:
         def flush(writer, limit: int) -> None:
             while state["next"] < limit and state["next"] in frames:
                 j = state["next"]
-                item, matrix = frames.pop(j)
-                frame, pasted = compositor.frame(j, item.image, matrix)
+                item, matrix, points = frames.pop(j)
+                frame, pasted = compositor.frame(j, item.image, matrix, points)
                 state["with_face"] += pasted
                 writer.write(frame)
                 state["next"] += 1
@@ -197,7 +194,7 @@ class LipSyncPipeline:
                                  is_image=image is not None, name=source_uri)
             for step in self.preparer.stream(source, speech, planner):
                 if step.item is not None:
-                    frames[step.item.index] = (step.item, step.matrix)
+                    frames[step.item.index] = (step.item, step.matrix, step.points)
                 pending += step.windows
                 if pending and (len(pending) >= opts.batch_size or step.item is None):
                     run(pending)

@@ -8,8 +8,8 @@ one implementation of every step:
   target face, aligned to crops; the overlapping windows, each with its crops and audio tokens.
 * :class:`Denoiser` (GPU, or CPU): windows -> regenerated crops (VAE encode, DDIM with audio
   guidance, VAE decode), batched, possibly across videos with different settings and seeds.
-* :class:`Compositor` (CPU): cross-fades the overlapping windows and pastes each frame's crop back
-  into the original frame with the inverse warp.
+* :class:`Compositor` (CPU): cross-fades the overlapping windows and composites each frame's crop
+  back into the original frame (:mod:`lipsync.face.composite`, or LatentSync's plain paste).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from lipsync.face import estimate_alignment, lower_face_mask, paste_back, warp_to_crop
+from lipsync.face.composite import COMPOSITE_MODES, composite_person, crop_points
 from lipsync.face.steady import steady_alignments
 from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser
-from lipsync.pipeline.frames import FrameItem
+from lipsync.pipeline.frames import FrameItem, face_landmarks
 from lipsync.pipeline.inputs import DrivingAudio, load_driving_audio, voice_activity
 from lipsync.pipeline.windows import Blender, Window, WindowPlanner
 
@@ -58,6 +59,7 @@ class PrepareStep:
     matrix: np.ndarray | None  # its 2 x 3 alignment (frame -> crop), None without a face
     windows: list[WindowInput]  # windows completed by this frame
     settled: int  # no window yielded later starts before this frame index
+    points: np.ndarray | None = None  # the composite's mesh points in crop coordinates (crop_points)
 
 
 def regen_mask_of(profile) -> np.ndarray:
@@ -78,6 +80,22 @@ def paste_mask_of(profile) -> np.ndarray:
     from lipsync.face.mask import ellipse_mask
 
     return regen * ellipse_mask(regen.shape[0], *(float(v) for v in ellipse))
+
+
+@dataclass
+class CompositeSpec:
+    """How regenerated crops go back into frames: the profile's ``composite`` mode with its masks."""
+
+    mode: str  # person: keep the person (lipsync.face.composite); latentsync: paste the mask's region
+    paste_mask: np.ndarray  # latentsync mode: crop region whose generated pixels replace the frame's
+    regen_mask: np.ndarray  # person mode: the model's regenerated region (the composite stays inside)
+
+
+def composite_spec_of(profile) -> CompositeSpec:
+    mode = getattr(profile, "composite", "person")
+    if mode not in COMPOSITE_MODES:
+        raise ValueError(f"profile {profile.name!r}: composite must be one of {COMPOSITE_MODES}, got {mode!r}")
+    return CompositeSpec(mode, paste_mask_of(profile), regen_mask_of(profile))
 
 
 def denoise_settings(profile, num_steps: int | None, guidance_scale: float | None,
@@ -164,14 +182,16 @@ class Preparer:
 
         last = -1
         for item, matrix in self.aligned(frames):
+            points = None
             if matrix is not None:
                 crops[item.index] = self.crop(item.image, matrix)
+                points = crop_points(face_landmarks(item.face), matrix)
             windows = inputs(planner.push(item.index, matrix is not None))
             settled = planner.earliest_future_start()
             for j in [k for k in crops if k < settled]:
                 del crops[j]
             last = item.index
-            yield PrepareStep(item, matrix, windows, settled)
+            yield PrepareStep(item, matrix, windows, settled, points)
         yield PrepareStep(None, None, inputs(planner.finish()), last + 1)
 
 
@@ -228,20 +248,26 @@ class Denoiser:
 
 
 class Compositor:
-    """CPU stage: cross-fade of overlapping windows, then paste-back into the original frames."""
+    """CPU stage: cross-fade of overlapping windows, then the composite into the original frames."""
 
-    def __init__(self, paste_mask: np.ndarray, overlap: int):
-        self.paste_mask = paste_mask
+    def __init__(self, spec: CompositeSpec, overlap: int):
+        self.spec = spec
         self.overlap = int(overlap)
         self.blender = Blender()
 
     def add(self, window: Window, crops: np.ndarray) -> None:
         self.blender.add(window, crops, self.overlap)
 
-    def frame(self, index: int, image: np.ndarray, matrix: np.ndarray | None) -> tuple[np.ndarray, bool]:
-        """Output frame ``index``: the image with its regenerated face pasted back, and whether it was.
-        A frame without a generated crop (no face) passes through untouched."""
+    def frame(self, index: int, image: np.ndarray, matrix: np.ndarray | None,
+              points: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+        """Output frame ``index``: the image with its regenerated face composited in, and whether it
+        was. A frame without a generated crop (no face) passes through untouched. ``points``: the
+        frame's :func:`crop_points`, which the person composite needs."""
         crop = self.blender.pop(index)
         if crop is None or matrix is None:
             return image, False
-        return paste_back(image, crop, matrix, self.paste_mask), True
+        if self.spec.mode == "person":
+            if points is None or not np.isfinite(points).all():
+                raise ValueError(f"frame {index}: the person composite needs the face's crop points")
+            return composite_person(image, crop, matrix, points, self.spec.regen_mask), True
+        return paste_back(image, crop, matrix, self.spec.paste_mask), True

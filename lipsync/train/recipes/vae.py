@@ -1,7 +1,9 @@
 """Recipe ``vae``: the tiny profile's AutoencoderKL on single aligned face crops.
 
 Loss: ``l1 * |x' - x| + mse * (x' - x)^2 + kl * KL(q(z|x) || N(0, 1))`` (KL per latent element),
-with z sampled from the posterior. With each checkpoint the latents' standard deviation over a few
+with z sampled from the posterior. ``train.trainable`` (name patterns, e.g. ``[decoder.]``) trains
+part of it: a decoder-only run sharpens reconstructions of new data without moving the latent space
+a trained UNet denoises in. With each checkpoint the latents' standard deviation over a few
 training batches is measured; the export writes ``1 / std`` as the scaling factor of
 ``model_index.json``, so the UNet recipes see latents of unit variance. The other components of
 the exported folder (UNet, audio encoder) come from ``init_from`` or the profile's random init.
@@ -43,7 +45,24 @@ class VAERecipe(Recipe):
 
     def build(self) -> nn.Module:
         vae = self.components().vae
+        for name, p in vae.named_parameters():
+            p.requires_grad_(self._trains(name))
+        if self._encoder_frozen():
+            self.notes.append("the encoder is frozen: the latent space and its scale stay the init's")
         return VAETrainer(vae).to(self.device).train()
+
+    def _trains(self, name: str) -> bool:
+        patterns = self.cfg["train"].get("trainable")
+        if patterns is None:
+            return True
+        patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        return any(s in name for s in patterns)
+
+    def _encoder_frozen(self) -> bool:
+        # A frozen encoder keeps the latent space a trained UNet works in: then the export keeps the
+        # init's latent scale too, rather than a new estimate from other data.
+        return not any(self._trains(n) for n, _ in self.components().vae.named_parameters()
+                       if n.startswith(("encoder.", "quant_conv.")))
 
     def loss(self, model, batch, generator, train=True):
         w = self.cfg["loss"]
@@ -74,7 +93,7 @@ class VAERecipe(Recipe):
         comps = self.components()
         comps.vae.load_state_dict({k.removeprefix("vae."): v for k, v in state.items()})
         std = float(extra.get("latent_std") or 0.0)
-        if std > 0:
+        if std > 0 and not self._encoder_frozen():
             comps.scaling_factor = round(1.0 / std, 5)
             comps.shift_factor = 0.0
         return save_folder(comps, folder)

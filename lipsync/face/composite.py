@@ -1,0 +1,198 @@
+"""Compositing a regenerated face crop back into its frame so that the person stays who they are.
+
+The model regenerates a whole lower-face crop at low resolution (96 px for ``tiny``) through a VAE
+that shifts colour and drops fine texture. Pasting that crop back as it is (LatentSync's way, kept as
+``composite: latentsync``) replaces the person's skin, stubble and wrinkles with a smooth patch of a
+slightly different colour. The ``person`` composite keeps of the generated crop only what speech
+changes and takes everything else from the source frame:
+
+* **Where**: the lower face as the face mesh draws it (jaw from cheek to cheek under the nose, the
+  nose's lower rim, the lips), grown downwards by how far a jaw may drop, and never above the
+  nostrils: eyes, brows and hair are never touched. Outside a feathered band the frame is
+  bit-for-bit the input.
+* **Colour and lighting**: the generated crop is shifted by a smooth offset field, the source minus
+  the generated crop averaged (normalised convolution) over the skin around the mouth, so its
+  colour and shading gradients follow the source frame's.
+* **Texture**: at frame resolution, the generated image contributes its low frequencies everywhere
+  in the region (the jaw and lip shape) and its high frequencies only where its shape differs from
+  the source's (an opening mouth, a dropping jaw: judged on coarse low-passes, so the model's blur
+  alone is no change); elsewhere the source's fine detail (pores, stubble, wrinkles, lip lines)
+  rides on the generated shape, like a two-band Laplacian-pyramid blend with a per-band mask.
+
+Per-frame inputs: the generated crop, the frame -> crop matrix and a few mesh points in crop
+coordinates (:func:`crop_points`), small enough to travel with a batch job's plan.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from lipsync.face import landmarks as lmk
+from lipsync.face.align import DEFAULT_INTERPOLATION, _resample_matrix, _to3, invert, warp_landmarks, warp_to_crop
+from lipsync.face.mask import feather
+
+COMPOSITE_MODES = ("person", "latentsync")
+
+# The mesh points the composite needs, in this order; crop_points() returns them.
+_JAW = tuple(lmk.JAW[2:-2])  # cheek at nose height, over the chin, to the other cheek
+_NOSE = lmk.NOSE_BOTTOM_ARC
+_LIPS = lmk.LIPS_OUTER
+POINT_INDICES = np.array(_JAW + _NOSE + _LIPS, dtype=np.int64)
+_J = slice(0, len(_JAW))
+_N = slice(len(_JAW), len(_JAW) + len(_NOSE))
+_L = slice(len(_JAW) + len(_NOSE), len(POINT_INDICES))
+
+# Fractions of the crop size (the template puts nose tip 0.51, lips 0.61, chin 0.88).
+JAW_DROP = 0.07  # how far the generated chin may sit below the source's
+REGION_GROW = 0.04  # the region's edge lies this far outside the jaw line, on background or neck
+REGION_FEATHER = 0.08  # width of the blend ramp inside the region's edge
+MOUTH_GROW = 0.05  # around the lips (and below, where an opening mouth's lower lip goes) the skin's
+MOUTH_DROP = 0.05  # colour is not measured: an open mouth's teeth and dark inside are no skin
+COLOUR_SIGMA = 0.12  # smoothness of the colour / lighting offset field
+# Frame-space: generated and source low-passes differing by more than this (grey levels, luma)
+# mean the shape changed there, so the generated detail is kept as well.
+CHANGE_LO, CHANGE_HI = 6.0, 16.0
+CHANGE_SCALE = 2.0  # the change is judged on low-passes this many crop pixels wide: a blur is no change
+
+
+def crop_points(landmarks: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """(K, 2) float32: the composite's mesh points (``POINT_INDICES``) in crop coordinates."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    return warp_landmarks(lm[POINT_INDICES, :2], M)[:, :2].astype(np.float32)
+
+
+def _hull_mask(points: np.ndarray, size: int) -> np.ndarray:
+    hull = cv2.convexHull(np.round(np.asarray(points, np.float64) * 16).astype(np.int32))
+    m = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(m, hull, 1, lineType=cv2.LINE_8, shift=4)
+    return m
+
+
+def _dilate(m: np.ndarray, r: float) -> np.ndarray:
+    r = int(round(r))
+    if r <= 0:
+        return m
+    return cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+
+
+def region_masks(points: np.ndarray, size: int, regen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Crop-space (paste, mouth) masks, float32 in [0, 1], feathered inside their edges.
+
+    ``paste``: where the composite may change the frame (lower face below the nostrils, grown
+    downwards for a dropping jaw), cut to ``regen`` (the model's regenerated region) if given.
+    ``mouth``: around the lips and below them, where the mouth may move: left out when the colour
+    of the skin is matched."""
+    pts = np.asarray(points, np.float64)
+    if pts.shape != (len(POINT_INDICES), 2) or not np.isfinite(pts).all():
+        raise ValueError(f"expected {len(POINT_INDICES)} finite crop points, got {pts.shape}")
+    drop = np.array([0.0, JAW_DROP * size])
+    lower = np.concatenate([pts[_J], pts[_N], pts[_L], pts[_J] + drop, pts[_L] + drop])
+    region = _dilate(_hull_mask(lower, size), REGION_GROW * size)
+    # Nothing above the nose's lower rim (a line through its wings), whatever the dilation did.
+    nose = pts[_N]
+    (x0, y0), (x1, y1) = nose[0], nose[-1]
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+    slope = (y1 - y0) / (x1 - x0) if abs(x1 - x0) > 1e-6 else 0.0
+    region[v < y0 + slope * (u - x0) + 0.02 * size] = 0
+    paste = region.astype(np.float32)
+    if regen is not None:
+        paste *= (np.asarray(regen, np.float32) > 0.5)
+    lips = pts[_L]
+    mouth = _dilate(_hull_mask(np.concatenate([lips, lips + [0.0, MOUTH_DROP * size]]), size), MOUTH_GROW * size)
+    mouth = mouth.astype(np.float32) * (paste > 0)
+    return feather(paste, REGION_FEATHER * size), feather(mouth, MOUTH_GROW * size)
+
+
+def match_colour(generated: np.ndarray, source: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """``generated`` (float32 crop) plus a smooth offset field: the weighted local mean of
+    ``source - generated`` over ``weight`` (normalised convolution with a Gaussian of ``sigma``
+    px), falling back to the weighted global mean where the weight is thin."""
+    w = np.asarray(weight, np.float32)
+    diff = (source.astype(np.float32) - generated) * w[..., None]
+    total = float(w.sum())
+    if total < 1.0:
+        return generated
+    mean = diff.reshape(-1, diff.shape[-1]).sum(axis=0) / total
+    k = (0, 0)
+    num = cv2.GaussianBlur(diff, k, sigma, borderType=cv2.BORDER_CONSTANT)
+    den = cv2.GaussianBlur(w, k, sigma, borderType=cv2.BORDER_CONSTANT)[..., None]
+    # Where little skin is near, lean on the global offset: no wild values from tiny denominators.
+    floor = 0.05
+    local = (num + floor * mean) / (den + floor)
+    return generated + local
+
+
+def _luma(x: np.ndarray) -> np.ndarray:
+    return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+
+
+def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points: np.ndarray,
+                     regen: np.ndarray | None = None, interpolation: int = DEFAULT_INTERPOLATION) -> np.ndarray:
+    """The frame with the person-keeping composite of ``crop`` (see the module doc). ``M`` maps
+    frame -> crop, ``points`` are :func:`crop_points` of this frame's face, ``regen`` the crop's
+    regenerated region (1 = generated). Pixels outside the feathered region are bit-identical to
+    ``image``; only the region's bounding box is processed."""
+    size = crop.shape[0]
+    m = np.asarray(M, dtype=np.float64)
+    paste, mouth = region_masks(points, size, regen)
+    out = image.copy()
+    if not (paste > 0).any():
+        return out
+    src_crop = warp_to_crop(image, m, size).astype(np.float32)
+    skin = (paste > 0.5).astype(np.float32) * (1.0 - np.minimum(1.0, mouth * 4.0))
+    gen = match_colour(crop.astype(np.float32), src_crop, skin, COLOUR_SIGMA * size)
+    # A crop much finer than the frame (512 px crop of a small face) is shrunk first, as paste_back
+    # does: sampling it point-wise would alias.
+    s_min = float(np.linalg.svd(m[:, :2], compute_uv=False).min())
+    if s_min > 1.5:
+        n = max(2, int(round(size / s_min)))
+        k = n / size
+        gen = cv2.resize(gen, (n, n), interpolation=cv2.INTER_AREA)
+        paste = cv2.resize(paste, (n, n), interpolation=cv2.INTER_AREA)
+        m = (_resample_matrix(k) @ _to3(m))[:2]
+        s_min /= k
+    ys, xs = np.nonzero(paste > 0)
+    inv = invert(m)
+    u0, u1, v0, v1 = xs.min() - 1.0, xs.max() + 1.0, ys.min() - 1.0, ys.max() + 1.0
+    corners = np.array([[u0, v0], [u1, v0], [u0, v1], [u1, v1]]) @ inv[:, :2].T + inv[:, 2]
+    h, w = image.shape[:2]
+    pad = int(np.ceil(3.0 / max(s_min, 1e-3)))  # room for the low-pass near the ROI's edge
+    x0 = int(max(0, np.floor(corners[:, 0].min()) - pad))
+    y0 = int(max(0, np.floor(corners[:, 1].min()) - pad))
+    x1 = int(min(w, np.ceil(corners[:, 0].max()) + 1 + pad))
+    y1 = int(min(h, np.ceil(corners[:, 1].max()) + 1 + pad))
+    if x1 <= x0 or y1 <= y0:
+        return out
+    m_roi = m.copy()
+    m_roi[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
+    rw, rh = x1 - x0, y1 - y0
+    inverse = cv2.WARP_INVERSE_MAP
+
+    def back(a: np.ndarray, flags: int, border: int) -> np.ndarray:
+        return cv2.warpAffine(a, m_roi, (rw, rh), flags=flags | inverse, borderMode=border, borderValue=0)
+
+    g = back(gen, interpolation, cv2.BORDER_REPLICATE)
+    a_p = np.clip(back(paste, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT), 0.0, 1.0)
+    roi = out[y0:y1, x0:x1]
+    s = roi.astype(np.float32)
+    # The split between "shape" and "texture": the generated crop holds nothing finer than one
+    # crop pixel, which covers 1 / s_min frame pixels.
+    sigma = max(0.8, 1.0 / max(s_min, 1e-3))
+    lg = cv2.GaussianBlur(g, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    ls = cv2.GaussianBlur(s, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    wide = CHANGE_SCALE * sigma
+    change = np.abs(_luma(cv2.GaussianBlur(lg, (0, 0), wide, borderType=cv2.BORDER_REFLECT))
+                    - _luma(cv2.GaussianBlur(ls, (0, 0), wide, borderType=cv2.BORDER_REFLECT)))
+    a_c = np.clip((change - CHANGE_LO) / (CHANGE_HI - CHANGE_LO), 0.0, 1.0)
+    a_c = cv2.GaussianBlur(a_c, (0, 0), 2.0 * sigma, borderType=cv2.BORDER_REFLECT)
+    # A fixed mouth mask here would throw away the source's lip texture whenever the mouth keeps its
+    # shape (sharpness 0.62 vs 0.95 on a blurred copy of the source): the change decides alone.
+    a_hf = a_c * a_p
+    ap, ahf = a_p[..., None], a_hf[..., None]
+    blended = s + ap * (lg - ls) + ahf * ((g - lg) - (s - ls))
+    if np.issubdtype(roi.dtype, np.integer):
+        info = np.iinfo(roi.dtype)
+        blended = np.clip(np.rint(blended), info.min, info.max)
+    out[y0:y1, x0:x1] = np.where(ap > 0, blended.astype(roi.dtype), roi)
+    return out
