@@ -149,11 +149,28 @@ def absolute_paths(cfg: dict) -> dict:
     fix = lambda v: _abs(str(v)) if v else v  # noqa: E731
     cfg["init_from"] = fix(cfg["init_from"])
     cfg["syncnet"] = [fix(v) for v in cfg["syncnet"]] if isinstance(cfg["syncnet"], list) else fix(cfg["syncnet"])
-    cfg["data"]["shards"] = fix(cfg["data"]["shards"])
+    shards = cfg["data"]["shards"]
+    cfg["data"]["shards"] = [fix(v) for v in shards] if isinstance(shards, list) else fix(shards)
     for k in ("trepa_weights", "lpips_vgg_weights", "lpips_lin_weights"):
         cfg["loss"][k] = fix(cfg["loss"][k])
     cfg["debug"]["crash_marker"] = fix(cfg["debug"]["crash_marker"])
     return cfg
+
+
+def shard_files(data: dict) -> tuple[list[str], list[str]]:
+    """The train and val Parquet files of ``data.shards``: one folder, or a list of folders (a mix:
+    read together; a folder listed twice counts twice in training, once in validation)."""
+    folders = [_abs(str(v)) for v in (data["shards"] if isinstance(data["shards"], list) else [data["shards"]])]
+    train_files, val_files = [], []
+    for shards in folders:
+        files = _parquet_files(_join(shards, data["train_split"]))
+        if not files:
+            raise TrainConfigError(f"{_join(shards, data['train_split'])}: no Parquet shards "
+                                   "(run `lipsync preprocess` first)")
+        train_files += files
+        if data["val_split"]:
+            val_files += [f for f in _parquet_files(_join(shards, data["val_split"])) if f not in val_files]
+    return train_files, val_files
 
 
 def fit(cfg: dict, save_dir: str, log_dir: str | None = None, resume: bool = False, num_workers: int = 1,
@@ -173,13 +190,9 @@ def fit(cfg: dict, save_dir: str, log_dir: str | None = None, resume: bool = Fal
     d = cfg["data"]
     if not d["shards"]:
         raise TrainConfigError("data.shards is not set: the folder `lipsync preprocess` wrote")
-    shards = _abs(str(d["shards"]))
-    train_files = _parquet_files(_join(shards, d["train_split"]))
-    if not train_files:
-        raise TrainConfigError(f"{_join(shards, d['train_split'])}: no Parquet shards (run `lipsync preprocess` first)")
-    val_files = _parquet_files(_join(shards, d["val_split"])) if d["val_split"] else []
+    train_files, val_files = shard_files(d)
     if not val_files:
-        say(f"note: no validation shards in {_join(shards, str(d['val_split']))}: no validation loss")
+        say(f"note: no validation shards for data.shards={d['shards']}: no validation loss")
     total = ray.cluster_resources()
     if use_gpu and float(total.get("GPU", 0)) < num_workers:
         raise TrainConfigError(f"--use_gpu with {num_workers} worker(s) but the cluster has "

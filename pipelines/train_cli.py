@@ -38,7 +38,9 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
                         "without it an existing run is an error")
     p.add_argument("--num_workers", type=int, default=1, help="training workers (DDP processes; default 1)")
     p.add_argument("--use_gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
-    p.add_argument("--data", default=None, help="override data.shards: the folder `lipsync preprocess` wrote")
+    p.add_argument("--data", default=None, nargs="+",
+                   help="override data.shards: the folder `lipsync preprocess` wrote, or several (a mix: read "
+                        "together; a folder given twice counts twice)")
     p.add_argument("--name", default=None, help="run name (default: the config's name, else its file name)")
     p.add_argument("--export_dir", default=None, help="where the final model goes (default <save_dir>/<name>/model)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -55,12 +57,22 @@ def add_parsers(sub) -> None:
     train_arguments(p)
 
 
+def data_override(folders: list[str]) -> str:
+    """The ``--set`` form of ``--data``: one folder, or a YAML list for several (JSON strings are YAML
+    scalars, so any path survives the override parser)."""
+    import json
+
+    if len(folders) == 1:
+        return f"data.shards={folders[0]}"
+    return "data.shards=[" + ", ".join(json.dumps(str(f)) for f in folders) + "]"
+
+
 def cmd_train(args) -> int:
     from lipsync.train.config import load_config
 
     overrides = list(args.set)
     if args.data:
-        overrides.append(f"data.shards={args.data}")
+        overrides.append(data_override(args.data))
     if args.name:
         overrides.append(f"name={args.name}")
     cfg = load_config(args.config, overrides)

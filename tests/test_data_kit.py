@@ -134,6 +134,18 @@ def test_select_and_paths(fake, monkeypatch):
     assert not (fake["cache"] / "faces/a.jpg").exists()  # only the selection is fetched
 
 
+def test_fetch_links_the_selection_into_an_input_folder(fake, tmp_path):
+    args = ["--manifest", str(fake["manifest"]), "--cache", str(fake["cache"]), "--mirror", str(fake["mirror"])]
+    folder = tmp_path / "portraits"
+    assert cli_main(["data", "fetch", *args, "--kind", "portrait", "--link", str(folder), "-q"]) == 0
+    links = sorted(folder.iterdir())
+    assert [p.name for p in links] == ["a.jpg", "b.png"] and all(p.is_symlink() for p in links)
+    assert (folder / "a.jpg").read_bytes() == FILES["faces/a.jpg"][0]
+    assert cli_main(["data", "fetch", *args, "--kind", "portrait", "--link", str(folder), "-q"]) == 0  # rerun
+    with pytest.raises(kit.DataError, match="named 'a.jpg'"):
+        kit.link([fake["cache"] / "faces/a.jpg", fake["mirror"] / "faces/a.jpg"], tmp_path / "clash")
+
+
 def test_hash_mismatch_names_the_file_and_leaves_nothing(fake):
     (fake["mirror"] / "faces/a.jpg").write_bytes(b"tampered" * 125)
     with pytest.raises(kit.FetchError) as info:

@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
                    help="where to download from (default: $LIPSYNC_DATA_BASE_URL or https://raw.githubusercontent.com)")
     f.add_argument("--timeout", type=float, default=60.0, help="seconds per download before giving up")
     f.add_argument("--quiet", "-q", action="store_true", help="print failures and the summary only")
+    f.add_argument("--link", default=None, metavar="DIR",
+                   help="also put a symbolic link to each fetched file in DIR (flat, by file name): an input "
+                        "folder for `lipsync preprocess` or `lipsync synth --faces`")
     f.set_defaults(func=run_fetch)
 
     ls = dsub.add_parser("list", aliases=["show"], help="what the manifest holds per kind and split, and what is cached",
@@ -63,6 +66,9 @@ def run_fetch(args) -> int:
                        strict=False, progress=progress)
     cache = args.cache or kit.default_cache()
     print(f"{report.summary()} (cache: {cache})")
+    if args.link:
+        kit.link(report.paths, args.link)
+        print(f"{len(report.paths)} link(s) in {args.link}")
     return 1 if report.failures else 0
 
 

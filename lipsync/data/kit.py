@@ -281,3 +281,22 @@ def paths(kind=None, split=None, identity=None, *, manifest: str | os.PathLike |
     """Local paths of the selected files, fetching (and checking) whatever the cache lacks."""
     return fetch(manifest=manifest, mirror=mirror, cache=cache, kind=kind, split=split, identity=identity,
                  base_url=base_url).paths
+
+
+def link(files: Iterable[str | os.PathLike], folder: str | os.PathLike) -> list[Path]:
+    """Symbolic links to ``files`` in ``folder`` (flat, by file name; an existing link is replaced):
+    a selection of the cache as an input folder for ``lipsync preprocess`` or ``lipsync synth --faces``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out, names = [], set()
+    for f in files:
+        src = Path(f).resolve()
+        if src.name in names:
+            raise DataError(f"{src}: two selected files are named {src.name!r}; link them into separate folders")
+        names.add(src.name)
+        dest = folder / src.name
+        if dest.is_symlink() or dest.exists():
+            dest.unlink()
+        dest.symlink_to(src)
+        out.append(dest)
+    return out

@@ -22,7 +22,7 @@ DEFAULTS: dict = {
     "syncnet_config": {},  # recipe syncnet: SyncNetConfig fields (num_frames, image_size, ...)
     "export_dir": None,  # default <save_dir>/<name>/model
     "data": {
-        "shards": None,  # the folder `lipsync preprocess` wrote (local or s3://)
+        "shards": None,  # the folder `lipsync preprocess` wrote (local or s3://), or a list of them (a mix)
         "train_split": "train",
         "val_split": "val",
         "batch_size": 2,  # windows per worker per micro-step
