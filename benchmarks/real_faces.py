@@ -112,6 +112,8 @@ def main() -> int:
     ap.add_argument("--composite", default=None, choices=("person", "latentsync"), help="default: the profile's")
     ap.add_argument("--syncnet", default=None, help="SyncNet folder for the scores; default: bundled")
     ap.add_argument("--out", default="out/real_faces")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep dubs already in --out (e.g. to score them again with another --syncnet)")
     args = ap.parse_args()
 
     from lipsync.data import kit
@@ -155,10 +157,13 @@ def main() -> int:
         t0 = time.perf_counter()
         if face.kind == "portrait":
             src = str(prepare_portrait(local[face.file], out / "inputs" / f"{stem}.png"))
-            pipe(str(dub), image=src, audio=str(wav), options=opts)
         else:
             src = str(local[face.file])
-            pipe(str(dub), video=src, audio=str(wav), options=opts)
+        if not (args.reuse and dub.exists()):
+            if face.kind == "portrait":
+                pipe(str(dub), image=src, audio=str(wav), options=opts)
+            else:
+                pipe(str(dub), video=src, audio=str(wav), options=opts)
         t_gen += time.perf_counter() - t0
         rep = evaluate(str(dub), audio=str(wav), reference=src, syncnet=args.syncnet,
                        out_dir=str(out / "reports" / stem), profile=pipe.profile.name)

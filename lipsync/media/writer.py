@@ -63,7 +63,9 @@ class VideoWriter:
         fps: float | Fraction = 25,
         audio: np.ndarray | None = None,
         audio_rate: int | None = None,
-        crf: int = 18,
+        # 16, not x264's usual 18: a dub must leave the untouched face as it was, and on a detailed
+        # portrait the eyes came back at 37.4 dB at 18, 38.3 dB at 16 (+30 % bytes).
+        crf: int = 16,
         preset: str = "veryfast",
     ):
         self.uri = os.fspath(uri)
