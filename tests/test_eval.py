@@ -127,6 +127,8 @@ def test_report_on_a_clip_with_known_ground_truth(report):
     ref = report["reference_metrics"]
     assert ref["ssim"] == pytest.approx(1.0) and ref["ssim_lower_face"] == pytest.approx(1.0)
     assert ref["psnr"] == ref["psnr_lower_face"] == M.PSNR_CAP_DB
+    assert ref["psnr_eyes"] == M.PSNR_CAP_DB and ref["colour_shift_lower_face"] == pytest.approx(0.0)
+    assert ref["sharpness_ratio_lower_face"] == pytest.approx(1.0)
     assert ref["frames_compared"] == 100
     t = report["temporal"]
     assert 70 < t["score"] <= 100 and t["flicker_outside"] < 2 and t["landmark_jitter"] < 0.02
@@ -247,6 +249,30 @@ def test_psnr_outside_and_lower_face_change_see_only_the_mouth_edit(clip, tmp_pa
     assert ref["frames_compared"] == n
     assert ref["psnr_lower_face"] < 30 and ref["ssim_lower_face"] < 0.95
     assert ref["psnr_outside"] > 38 and ref["psnr_outside"] > ref["psnr"] + 5 > ref["psnr_lower_face"] + 10
+    # The fidelity measures see the grey patch's colour on the lower face and nothing at the eyes (its
+    # hard edges add Laplacian energy, so the sharpness ratio says little here: 1.07).
+    assert ref["psnr_eyes"] > 38 and ref["colour_shift_lower_face"] > 2
     change = rep["series"]["lower_face_change"]
     assert change[0] is None and all(c is not None and c >= 0 for c in change[1:])
     assert rep["temporal"]["lower_face_change"] > 0
+
+
+def test_a_still_image_is_the_reference_of_every_frame(tmp_path, media_kit):
+    """A dubbed photo is compared with the photo: each frame against the image."""
+    import cv2
+
+    from face_helpers import load_astronaut
+    from lipsync.eval import evaluate
+
+    img = load_astronaut()
+    img = img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2]
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    video = media_kit.write_video(tmp_path / "still.mp4", 8, 25, size=img.shape[:2], frame_fn=lambda i: img,
+                                  audio=media_kit.sine(8 / 25, 16000))
+    with one_thread():
+        rep = evaluate(video, reference=str(photo), out_dir=None)
+    ref = rep["reference_metrics"]
+    assert ref["frames_compared"] == 8 and ref["reference_frames"] == 8
+    assert ref["psnr_eyes"] > 38 and ref["colour_shift_lower_face"] < 1.5
+    assert 0.8 < ref["sharpness_ratio_lower_face"] < 1.2
