@@ -71,13 +71,14 @@ def test_whisper_tokens_equal_their_audio2feature():
     assert float((tokens - gold["frame_tokens"]).abs().max()) < 1e-6
 
 
-def _profile_yaml(tmp_path, unet: dict):
+def _profile_yaml(tmp_path, unet: dict, windowing: str = "overlap"):
     import yaml
 
     from lipsync.profiles import load_profile
 
     prof = yaml.safe_load(Path(load_profile("latentsync-1.5").source).read_text())
     prof["unet"] = unet
+    prof["audio"]["config"]["windowing"] = windowing
     path = tmp_path / "custom.yaml"
     path.write_text(yaml.safe_dump(prof))
     return load_profile(str(path))
@@ -85,14 +86,15 @@ def _profile_yaml(tmp_path, unet: dict):
 
 def test_no_profile_can_change_the_motion_groupnorm_of_latentsync_weights(tmp_path, unet_pt):
     """A profile on the latentsync preset that asks for 8 motion groups still gets 32; a profile with
-    its own UNet config (no preset) loading LatentSync's file layout gets 32 as well."""
+    its own UNet config (no preset) loading LatentSync's file layout (latentsync_unet.pt,
+    whisper/tiny.pt, sd-vae-ft-mse/) gets 32 as well."""
     from lipsync.pipeline.components import load_components, unet_config
 
     prof = _profile_yaml(tmp_path, {"preset": "latentsync", "motion_norm_num_groups": 8})
     assert unet_config(prof).motion_norm_num_groups == 32
     cfg = small_unet_config().to_dict()
     cfg["motion_norm_num_groups"] = 8
-    prof = _profile_yaml(tmp_path, cfg)
+    prof = _profile_yaml(tmp_path, cfg, windowing="latentsync")
     ckpt = tmp_path / "ckpt"
     (ckpt / "whisper").mkdir(parents=True)
     (ckpt / "latentsync_unet.pt").symlink_to(unet_pt)
@@ -102,3 +104,4 @@ def test_no_profile_can_change_the_motion_groupnorm_of_latentsync_weights(tmp_pa
     norms = {m.num_groups for n, m in c.unet.named_modules() if n.endswith("temporal_transformer.norm")}
     assert norms == {32}
     assert c.vae.config.scaling_factor == c.scaling_factor == 0.18215
+    assert c.audio_encoder.windowing == "latentsync"  # the profile's switch to their 30 s windows

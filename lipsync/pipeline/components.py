@@ -194,7 +194,9 @@ def _load_latentsync(profile: Profile, paths: dict, parts=ALL_PARTS, origin: str
 
     config = unet_config(profile).for_latentsync_weights()  # their file layout = their motion GroupNorm
     unet = UNet3DConditionModel.from_checkpoint(paths["unet"], config=config) if "unet" in parts else None
-    audio = WhisperAudioEncoder.from_file(paths["audio"]) if "audio" in parts else None
+    # audio.config: WhisperAudioEncoder options, e.g. windowing: latentsync (their 30 s windows, exactly)
+    audio_cfg = dict(profile.audio.get("config") or {})
+    audio = WhisperAudioEncoder.from_file(paths["audio"], **audio_cfg) if "audio" in parts else None
     vae = load_vae_folder(paths["vae"]) if "vae" in parts else None
     return Components(profile, unet, vae, audio, scheduler_of(profile), float(profile.vae.get("scaling_factor", 0.18215)),
                       float(profile.vae.get("shift_factor", 0.0)), origin=origin)
