@@ -153,7 +153,8 @@ class WindowDenoiser:
         (mask_latents, masked_image_latents, ref_latents, timesteps, first_guided_pred, final_latents)."""
         b, f, s = crops.shape[0], crops.shape[1], crops.shape[2]
         x = crops_to_pixels(crops, self.dtype).reshape(b * f, 3, s, s).to(self.device, self.dtype)
-        keep = torch.as_tensor(np.asarray(keep_mask, dtype=np.float64))[None, None].to(self.device)
+        # float64 only with a float64 model: some devices (mps) have no float64 at all.
+        keep = torch.as_tensor(np.asarray(keep_mask, dtype=np.float64))[None, None].to(self.device, self.latent_dtype)
         mask_lat, masked, ref = condition_latents(self._encode, x, keep, b, f, mask_resize=settings.mask_resize)
         if settings.reference_shift % f:
             ref = ref.roll(-settings.reference_shift, dims=2)
