@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean samples tiny-model tiny-model-quality real-faces-quality
+.PHONY: demo test venv clean samples tiny-model tiny-model-real tiny-model-quality real-faces-quality
 
 $(STAMP): pyproject.toml
 	@echo "Setting up $(VENV) (the first run downloads the packages: a few minutes) ..."
@@ -31,9 +31,8 @@ samples: $(STAMP)
 
 # The default `tiny` model from scratch on CPU: synthetic corpus -> shards -> VAE -> SyncNet (5 frames,
 # the evaluator's) -> UNet stage 1 -> stage 1 continued with the noise MSE weighted on the mouth ->
-# SyncNet (16 frames, stage 2's supervisor only) -> UNet stage 2 and two continuations -> real people
-# (faces-kit training split by its manifest: VAE decoder, then the UNet on a real + synthetic mix), then
-# copied into the package (lipsync/assets/models/tiny/, the model card there stays). synth and
+# SyncNet (16 frames, stage 2's supervisor only) -> UNet stage 2 and two continuations, then copied into
+# the package (lipsync/assets/models/tiny/, the model card there stays). synth and
 # preprocess skip finished clips; add --resume to a `lipsync train` line to continue a run that stopped.
 # `make tiny-model-quality` measures it against the bars.
 TRAIN := out/train
@@ -66,9 +65,17 @@ tiny-model: $(STAMP)
 		--set init_from=$(TRAIN)/ckpt/tiny-unet-reg/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
 		--set loss.sync_windows=[16] --set loss.sync=0.15 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
 		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=900 --set train.trainable=[.]
-	# Real people (the faces-kit by its manifest; KIT_MIRROR=DIR copies from a local mirror, without it the
-	# files are downloaded from their sources): training talking clips with their own speech, training
-	# portraits articulated by the synthetic mouth model, and 48 synthetic clips so the synthetic bars hold.
+	mkdir -p $(BUNDLED)
+	rm -rf $(BUNDLED)/unet $(BUNDLED)/vae $(BUNDLED)/audio_encoder $(BUNDLED)/scheduler $(BUNDLED)/syncnet
+	cp -r $(TRAIN)/ckpt/tiny-unet-reg2/model/* $(BUNDLED)/
+	cp -r $(TRAIN)/ckpt/tiny-syncnet5/syncnet $(BUNDLED)/syncnet
+
+# Real people, from the bundled model (not bundled: see the model card): the faces-kit by its manifest
+# (KIT_MIRROR=DIR copies from a local mirror; without it the files are downloaded from their sources):
+# training talking clips with their own speech, training portraits articulated by the synthetic mouth
+# model, 48 synthetic clips; VAE decoder, UNet continuation and the evaluator's SyncNet on them.
+REAL_INIT ?= $(BUNDLED)
+tiny-model-real: $(STAMP)
 	$(VENV)/bin/lipsync data fetch $(KIT_ARGS) -q --kind talking --split train --link $(TRAIN)/kit/talking
 	$(VENV)/bin/lipsync data fetch $(KIT_ARGS) -q --kind portrait --split train --link $(TRAIN)/kit/portraits
 	$(VENV)/bin/lipsync synth --out $(TRAIN)/synth_real --faces $(TRAIN)/kit/portraits --num 96 --seconds 4 --seed 300 --size 256 --split train
@@ -77,14 +84,12 @@ tiny-model: $(STAMP)
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/synth_real --output $(TRAIN)/shards_synreal --val_fraction 0.05
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/synth_base --output $(TRAIN)/shards_base --val_fraction 0.05
 	$(VENV)/bin/lipsync train --config configs/train/real_vae_decoder.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
-		--data $(TRAIN)/shards_real $(TRAIN)/shards_synreal --set init_from=$(TRAIN)/ckpt/tiny-unet-reg2/model
+		--data $(TRAIN)/shards_real $(TRAIN)/shards_synreal --set init_from=$(REAL_INIT)
 	$(VENV)/bin/lipsync train --config configs/train/real_unet.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
 		--data $(TRAIN)/shards_real $(TRAIN)/shards_real $(TRAIN)/shards_synreal $(TRAIN)/shards_base \
 		--set init_from=$(TRAIN)/ckpt/tiny-vae-real/model
-	mkdir -p $(BUNDLED)
-	rm -rf $(BUNDLED)/unet $(BUNDLED)/vae $(BUNDLED)/audio_encoder $(BUNDLED)/scheduler $(BUNDLED)/syncnet
-	cp -r $(TRAIN)/ckpt/tiny-unet-real/model/* $(BUNDLED)/
-	cp -r $(TRAIN)/ckpt/tiny-syncnet5/syncnet $(BUNDLED)/syncnet
+	$(VENV)/bin/lipsync train --config configs/train/real_syncnet5.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
+		--data $(TRAIN)/shards_real $(TRAIN)/shards_real $(TRAIN)/shards_synreal
 
 tiny-model-quality: $(STAMP)
 	$(VENV)/bin/python benchmarks/tiny_model_quality.py --heldout $(TRAIN)/heldout --out out/quality

@@ -23,7 +23,7 @@ import torch
 from lipsync.face import estimate_alignment, lower_face_mask, paste_back, warp_to_crop
 from lipsync.face.composite import COMPOSITE_MODES, composite_person, crop_points
 from lipsync.face.steady import steady_alignments
-from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser
+from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser, mask_resize_of
 from lipsync.pipeline.frames import FrameItem, face_landmarks
 from lipsync.pipeline.inputs import DrivingAudio, load_driving_audio, voice_activity
 from lipsync.pipeline.windows import Blender, Window, WindowPlanner
@@ -102,7 +102,7 @@ def denoise_settings(profile, num_steps: int | None, guidance_scale: float | Non
                      deepcache_interval: int = 0) -> DenoiseSettings:
     return DenoiseSettings(int(num_steps or profile.num_steps),
                            float(profile.guidance_scale if guidance_scale is None else guidance_scale),
-                           int(deepcache_interval), int(profile.reference_shift))
+                           int(deepcache_interval), int(profile.reference_shift), mask_resize_of(profile))
 
 
 def window_planner(profile, overlap: int | None) -> WindowPlanner:
