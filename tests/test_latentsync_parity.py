@@ -216,15 +216,19 @@ def test_traced_outline_matches_mask_png(size, pixels, latent_px):
     assert int(((lat[0] - lat[1]).abs() > 0.5).sum()) <= latent_px
 
 
-def test_profile_box_mask_is_not_their_mask():
-    """The latentsync profiles' current lower-half box (top 0.5, full width) differs from mask.png on
-    23 % of the crop: it keeps the cheeks from row 95 to 128 and regenerates the corners beside the
-    chin that theirs keeps. Stated here so the composite's LatentSync mode uses fixed_keep_mask."""
+def test_profiles_regenerate_their_mask_not_a_box():
+    """The latentsync profiles regenerate mask.png's region (our tracing of it). The lower-half box
+    they used before differs from mask.png on 23 % of the crop (it keeps the cheeks from row 95 to 128
+    and regenerates the corners beside the chin that theirs keeps; IoU of the regenerated regions 0.59)."""
     from lipsync.face.mask import lower_face_mask
+    from lipsync.pipeline.stages import regen_mask_of
     from lipsync.profiles import load_profile
 
-    prof = load_profile("latentsync-1.5")
-    box_keep = 1.0 - lower_face_mask(256, top=prof.mask["top"], side=prof.mask["side"])
+    for name, size in (("latentsync-1.5", 256), ("latentsync-1.6", 512)):
+        regen = regen_mask_of(load_profile(name))
+        assert regen.shape == (size, size)
+        assert np.allclose(regen, 1.0 - lx.fixed_keep_mask(size), atol=1e-6)
+    box_keep = 1.0 - lower_face_mask(256, top=0.5, side=0.0)
     theirs = _their_mask(256)
     frac = float((np.abs(box_keep - theirs) > 0.5).mean())
     assert 0.22 < frac < 0.24

@@ -63,8 +63,17 @@ class PrepareStep:
 
 
 def regen_mask_of(profile) -> np.ndarray:
-    """The profile's regenerated lower-face region on the crop (1 = generate)."""
+    """The profile's regenerated lower-face region on the crop (1 = generate): ``mask.shape`` box (the
+    crop's rows below ``mask.top``) or latentsync (LatentSync's fixed mask.png)."""
     mask = profile.mask or {}
+    shape = mask.get("shape", "box")
+    if shape == "latentsync":
+        # Their mask.png, the region their public weights were trained to fill (tests/test_latentsync_parity.py).
+        from lipsync.pipeline.latentsync_exact import fixed_keep_mask
+
+        return (1.0 - fixed_keep_mask(int(profile.resolution))).astype(np.float32)
+    if shape != "box":
+        raise ValueError(f"{profile.source or profile.name}: mask.shape must be box or latentsync, got {shape!r}")
     return lower_face_mask(int(profile.resolution), top=float(mask.get("top", 0.5)),
                            side=float(mask.get("side", 0.0)))
 
