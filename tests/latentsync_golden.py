@@ -12,6 +12,16 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The golden comparisons on one thread (importing this fixture into a test module applies it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 REFERENCE = REPO.parent / "shared" / "reference" / "latentsync"
 GOLDEN = REFERENCE / "golden"
 

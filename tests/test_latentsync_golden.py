@@ -11,16 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentsync_golden import GOLDEN, need, small_unet_config, tensors
+from latentsync_golden import GOLDEN, need, small_unet_config, tensors, one_thread  # noqa: F401 (autouse fixture)
 from lipsync.models.unet import UNet3DConditionModel
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

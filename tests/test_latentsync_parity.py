@@ -17,19 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from latentsync_golden import GOLDEN, REFERENCE, need, rel, small_unet_config, tensors
+from latentsync_golden import GOLDEN, REFERENCE, need, rel, small_unet_config, tensors, one_thread  # noqa: F401 (autouse fixture)
 from lipsync.pipeline import latentsync_exact as lx
 from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser, crops_to_pixels, latentsync_scheduler
 
 TOL = 1e-6  # the bar, relative, float64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
