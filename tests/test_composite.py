@@ -107,3 +107,21 @@ def test_compositor_modes(face):
     comp.add(Window(0, 1), crop[None])
     with pytest.raises(ValueError, match="crop points"):
         comp.frame(0, img, m, None)
+
+
+def test_colour_offset_ignores_differences_of_shape():
+    """A uniform colour cast is removed everywhere, but a dark mouth the model drew where the source
+    has skin is neither counted as a colour difference nor lightened (it would paint the source's
+    mouth back in at low frequency)."""
+    from lipsync.face.composite import match_colour
+
+    rng = np.random.default_rng(1)
+    source = np.clip(150 + rng.normal(0, 3, (SIZE, SIZE, 3)), 0, 255).astype(np.float32)
+    generated = source - np.array([30.0, 10.0, -20.0], np.float32)
+    generated[40:60, 30:66] = 20.0  # an open mouth
+    weight = np.ones((SIZE, SIZE), np.float32)
+    out = match_colour(generated, source, weight, 0.12 * SIZE)
+    outside = np.ones((SIZE, SIZE), bool)
+    outside[30:70, 20:76] = False
+    assert np.abs(out - source)[outside].max() < 1.0
+    assert out[45:55, 40:56].mean() < 20.0 + 25.0  # the mouth keeps its darkness (+ the cast's offset at most)
