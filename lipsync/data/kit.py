@@ -15,7 +15,6 @@ import csv
 import hashlib
 import http.client
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.parse

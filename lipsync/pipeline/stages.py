@@ -101,7 +101,7 @@ class CompositeSpec:
 
 
 def composite_spec_of(profile) -> CompositeSpec:
-    mode = getattr(profile, "composite", "person")
+    mode = profile.composite
     if mode not in COMPOSITE_MODES:
         raise ValueError(f"profile {profile.name!r}: composite must be one of {COMPOSITE_MODES}, got {mode!r}")
     return CompositeSpec(mode, paste_mask_of(profile), regen_mask_of(profile))
