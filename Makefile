@@ -44,24 +44,24 @@ tiny-model: $(STAMP)
 	$(VENV)/bin/lipsync synth --out $(TRAIN)/corpus --num 240 --seconds 5 --seed 100 --size 192 --split train
 	$(VENV)/bin/lipsync synth --out $(TRAIN)/heldout --num 24 --seconds 5 --seed 9000 --size 192 --split test
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/corpus --output $(TRAIN)/shards --val_fraction 0.05
-	$(VENV)/bin/lipsync train --config configs/train/vae.yaml $(TRAIN_ARGS) --set train.max_steps=500
-	$(VENV)/bin/lipsync train --config configs/train/syncnet.yaml $(TRAIN_ARGS) --set syncnet_config.num_frames=5 --name tiny-syncnet5
-	$(VENV)/bin/lipsync train --config configs/train/unet_stage1.yaml $(TRAIN_ARGS) \
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/vae.yaml $(TRAIN_ARGS) --set train.max_steps=500
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/syncnet.yaml $(TRAIN_ARGS) --set syncnet_config.num_frames=5 --name tiny-syncnet5
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage1.yaml $(TRAIN_ARGS) \
 		--set init_from=$(TRAIN)/ckpt/tiny-vae/model --set train.grad_accum=1 --set train.warmup_steps=50 \
 		--set train.torch_threads=2 --set train.max_steps=4000
-	$(VENV)/bin/lipsync train --config configs/train/unet_stage1.yaml $(TRAIN_ARGS) --name tiny-unet-mouth \
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage1.yaml $(TRAIN_ARGS) --name tiny-unet-mouth \
 		--set init_from=$(TRAIN)/ckpt/tiny-unet-stage1/model --set train.grad_accum=1 --set train.warmup_steps=50 \
 		--set train.torch_threads=2 --set train.checkpoint_every=500 --set train.max_steps=3500 --set loss.mouth_weight=9
-	$(VENV)/bin/lipsync train --config configs/train/syncnet.yaml $(TRAIN_ARGS) --set train.torch_threads=2
-	$(VENV)/bin/lipsync train --config configs/train/unet_stage2.yaml $(TRAIN_ARGS) \
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/syncnet.yaml $(TRAIN_ARGS) --set train.torch_threads=2
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage2.yaml $(TRAIN_ARGS) \
 		--set init_from=$(TRAIN)/ckpt/tiny-unet-mouth/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
 		--set loss.sync_windows=[16] --set loss.sync=0.1 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
 		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=1500
-	$(VENV)/bin/lipsync train --config configs/train/unet_stage2.yaml $(TRAIN_ARGS) --name tiny-unet-reg \
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage2.yaml $(TRAIN_ARGS) --name tiny-unet-reg \
 		--set init_from=$(TRAIN)/ckpt/tiny-unet-stage2/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
 		--set loss.sync_windows=[16] --set loss.sync=0.1 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
 		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=900 --set train.trainable=[.]
-	$(VENV)/bin/lipsync train --config configs/train/unet_stage2.yaml $(TRAIN_ARGS) --name tiny-unet-reg2 \
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage2.yaml $(TRAIN_ARGS) --name tiny-unet-reg2 \
 		--set init_from=$(TRAIN)/ckpt/tiny-unet-reg/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
 		--set loss.sync_windows=[16] --set loss.sync=0.15 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
 		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=900 --set train.trainable=[.]
@@ -83,12 +83,12 @@ tiny-model-real: $(STAMP)
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/kit/talking --output $(TRAIN)/shards_real --val_fraction 0.05
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/synth_real --output $(TRAIN)/shards_synreal --val_fraction 0.05
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/synth_base --output $(TRAIN)/shards_base --val_fraction 0.05
-	$(VENV)/bin/lipsync train --config configs/train/real_vae_decoder.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/real_vae_decoder.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
 		--data $(TRAIN)/shards_real $(TRAIN)/shards_synreal --set init_from=$(REAL_INIT)
-	$(VENV)/bin/lipsync train --config configs/train/real_unet.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/real_unet.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
 		--data $(TRAIN)/shards_real $(TRAIN)/shards_real $(TRAIN)/shards_synreal $(TRAIN)/shards_base \
 		--set init_from=$(TRAIN)/ckpt/tiny-vae-real/model
-	$(VENV)/bin/lipsync train --config configs/train/real_syncnet5.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
+	$(VENV)/bin/lipsync train --config lipsync/configs/train/real_syncnet5.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
 		--data $(TRAIN)/shards_real $(TRAIN)/shards_real $(TRAIN)/shards_synreal
 
 tiny-model-quality: $(STAMP)

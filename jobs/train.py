@@ -1,7 +1,7 @@
 """Training as a Ray Job: the same command as `lipsync train`, for a cluster.
 
     ray job submit --working-dir . -- python jobs/train.py \
-        --config configs/train/unet_stage1.yaml --save_dir s3://bucket/runs --num_workers 8 --use_gpu
+        --config lipsync/configs/train/unet_stage1.yaml --save_dir s3://bucket/runs --num_workers 8 --use_gpu
 
 Inside a Ray Job the driver joins the job's cluster (RAY_ADDRESS is set by `ray job submit`), so
 no --address is needed. `--save_dir` must be storage every node reaches (S3, NFS) on a multi-node

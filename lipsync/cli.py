@@ -23,7 +23,7 @@ subcommands:
   dub       batch dubbing of many clips as one Ray Data job (local Ray or --address)
   serve     HTTP API and web page on Ray Serve
   preprocess  clips -> Parquet training shards (Ray Data)
-  train     train a recipe of configs/train/ on Ray Train
+  train     train a recipe of lipsync/configs/train/ on Ray Train
   eval      lip-sync metrics of a video: LSE-C / LSE-D / offset, accuracy, mouth, temporal, SSIM / PSNR
 """
 

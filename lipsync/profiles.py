@@ -1,5 +1,5 @@
 """Model profiles: which components a model has, how they are configured, and which weight files
-they need under ``--checkpoint_dir``. Profiles are YAML data in ``configs/profiles/``."""
+they need under ``--checkpoint_dir``. Profiles are YAML data in ``lipsync/configs/profiles/``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from lipsync.configs import PROFILE_DIR
 from lipsync.errors import CheckpointError, LipSyncError
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "profiles"
 BUNDLED_MODELS = Path(__file__).resolve().parent / "assets" / "models"
 DEFAULT_CHECKPOINT_DIR = "pretrained"
 

@@ -39,7 +39,7 @@ def dub_arguments(p: argparse.ArgumentParser) -> None:
                                                      "or a YAML file")
     p.add_argument("--checkpoint_dir", default=None, help="folder with the profile's weights (see lipsync generate)")
     p.add_argument("--config", default=None,
-                   help="pool sizes, batch sizes, CPUs/GPUs per actor (default configs/dub.yaml)")
+                   help="pool sizes, batch sizes, CPUs/GPUs per actor (default lipsync/configs/dub.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set denoise.actors=2 (repeatable)")
     p.add_argument("--address", default=None,

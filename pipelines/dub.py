@@ -45,21 +45,21 @@ import pickle
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
+from lipsync.configs import CONFIG_DIR
 from lipsync.errors import LipSyncError
 from lipsync.pipeline.batch import (Result, VideoPlan, completed, describe_error, fingerprint, format_summary,
                                     write_results)
 from lipsync.pipeline.manifest import DubTask, JobInput
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dub.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "dub.yaml"
 # S3 settings of the driver's environment, passed on to the workers (which may run on other
 # machines, or in a Ray instance started before these were set).
 FORWARD_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID",
                "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
-# The configuration's keys and defaults (configs/dub.yaml documents each).
+# The configuration's keys and defaults (lipsync/configs/dub.yaml documents each).
 DEFAULTS: dict = {
     "prepare": {"actors": "auto", "num_cpus": "auto", "shard_windows": 4, "torch_threads": 1},
     "denoise": {"actors": "auto", "num_gpus": "auto", "num_cpus": "auto", "batch_size": "auto",
@@ -81,7 +81,7 @@ class PipelineError(LipSyncError):
 
 # -- configuration ------------------------------------------------------------------------------
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict:
-    """DEFAULTS, updated by the YAML file ``path`` (default configs/dub.yaml when it exists) and by
+    """DEFAULTS, updated by the YAML file ``path`` (default lipsync/configs/dub.yaml when it exists) and by
     ``key.sub=value`` overrides."""
     from lipsync.config_tree import load_tree
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 DESCRIPTION = """\
-Train one recipe (configs/train/{vae,syncnet,unet_stage1,unet_stage2}.yaml) with Ray Train:
+Train one recipe (lipsync/configs/train/*.yaml, by name or path) with Ray Train:
 TorchTrainer workers (DDP: gloo on CPU, NCCL on GPU) read the Parquet shards that
 `lipsync preprocess` wrote (data.shards in the config). Checkpoints go to <save_dir>/<name>/
 (kept: train.keep_checkpoints); a killed worker is recovered from the latest checkpoint
@@ -29,7 +29,7 @@ def _bool(value: str) -> bool:
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="recipe config, e.g. configs/train/unet_stage1.yaml")
+    p.add_argument("--config", required=True, help="recipe: a shipped one by name (e.g. unet_stage1, see lipsync/configs/train/) or a YAML file")
     p.add_argument("--log_dir", default="logs", help="TensorBoard logs go to <log_dir>/<name>/ (default logs/)")
     p.add_argument("--save_dir", default="checkpoints",
                    help="checkpoints and the export go to <save_dir>/<name>/ (local or s3://; default checkpoints/)")

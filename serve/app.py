@@ -1,7 +1,7 @@
 """The Ray Serve application: a FastAPI ingress (uploads, validation, limits, jobs, web page) in
 front of the model deployment (``serve/model.py``).
 
-``build_app(args)`` is the application builder used by ``serve run configs/serve.yaml`` and by
+``build_app(args)`` is the application builder used by ``serve run lipsync/configs/serve.yaml`` and by
 ``lipsync serve``; ``args`` is the settings tree of ``serve/config.py``.
 
 HTTP surface (OpenAPI docs at ``/docs``):

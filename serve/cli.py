@@ -15,14 +15,14 @@ def add_parsers(sub) -> None:
         description="Serve lip-sync over HTTP on Ray Serve: POST /generate (multipart video|image + audio|text, "
                     "answers the mp4), POST /jobs + GET /jobs/{id} for long inputs, GET /healthz, OpenAPI docs "
                     "at /docs; in web mode also a page at /. Runs on a local Ray instance started on demand, or "
-                    "on a cluster with --address. `serve run configs/serve.yaml` starts the same application.")
+                    "on a cluster with --address. `serve run lipsync/configs/serve.yaml` starts the same application.")
     p.add_argument("--mode", choices=["api", "web"], default=None,
                    help="api: the HTTP API only; web: the API plus the page at / (default: the config's, web)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default 7860 in web mode, 8000 in api mode)")
     p.add_argument("--host", default=None,
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 to accept other machines)")
     p.add_argument("--config", default=None,
-                   help="Serve config YAML (e.g. configs/serve.yaml): its application args and http_options; "
+                   help="Serve config YAML (e.g. lipsync/configs/serve.yaml): its application args and http_options; "
                         "the flags below override it")
     p.add_argument("--profile", default=None, help="model profile (default tiny)")
     p.add_argument("--checkpoint_dir", default=None, help="folder with the profile's weight files")

@@ -1,5 +1,5 @@
 """Settings of the Serve application: one tree of plain dataclasses, read from the ``args`` of an
-application in a Serve config file (``configs/serve.yaml``) or built by ``lipsync serve``.
+application in a Serve config file (``lipsync/configs/serve.yaml``) or built by ``lipsync serve``.
 
 Unknown keys are errors (a typo must not silently fall back to a default). No Ray import here.
 """

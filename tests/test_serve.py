@@ -112,7 +112,7 @@ def test_settings_and_config_file():
     with pytest.raises(ValueError, match="mode"):
         load_settings({"mode": "desktop"})
     parser = build_parser()
-    config = str(Path(__file__).resolve().parents[1] / "configs" / "serve.yaml")
+    config = str(Path(__file__).resolve().parents[1] / "lipsync" / "configs" / "serve.yaml")
     args = parser.parse_args(["serve", "--config", config, "--mode", "api", "--replicas", "2"])
     app_args, http = settings_from_args(args)
     assert app_args["mode"] == "api" and app_args["model"]["num_replicas"] == 2 and http["port"] == 8000

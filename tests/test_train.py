@@ -129,7 +129,7 @@ def test_cli_resume_flag():
 def test_recipe_configs_load_and_bad_ones_say_why(tmp_path):
     from lipsync.train.config import TrainConfigError, load_config
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "train"
+    root = Path(__file__).resolve().parents[1] / "lipsync" / "configs" / "train"
     from lipsync.train.config import RECIPES
 
     for f in sorted(root.glob("*.yaml")):
@@ -151,7 +151,7 @@ def test_a_mix_of_shard_folders(shards, tmp_path):
     from pipelines.train import shard_files
     from pipelines.train_cli import data_override
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "train"
+    root = Path(__file__).resolve().parents[1] / "lipsync" / "configs" / "train"
     shards = str(shards)
     cfg = load_config(root / "vae.yaml", [data_override([shards, shards])])
     assert cfg["data"]["shards"] == [shards, shards]

@@ -18,7 +18,7 @@ def evaluate(video, audio=None, reference=None, ground_truth=None, syncnet=None,
 
 
 def dub_sync_score(output, task=None) -> float | None:
-    """The batch job's sync score (``evaluator: lipsync.eval:dub_sync_score`` in configs/dub.yaml):
+    """The batch job's sync score (``evaluator: lipsync.eval:dub_sync_score`` in lipsync/configs/dub.yaml):
     LSE-C of a finished output against its own audio track, which is the driving speech, with the
     bundled SyncNet; None when no window could be scored (e.g. too short for a 5-frame window)."""
     report = evaluate(output)

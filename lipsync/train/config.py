@@ -1,4 +1,4 @@
-"""Training configuration: one YAML file per recipe (``configs/train/*.yaml``), merged over the
+"""Training configuration: one YAML file per recipe (shipped in ``lipsync/configs/train/``), merged over the
 defaults below; unknown keys are errors. ``key.sub=value`` overrides (``--set``) come last."""
 
 from __future__ import annotations
@@ -94,7 +94,10 @@ class TrainConfigError(LipSyncError):
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
-    source = str(path)
+    """A recipe file, or a shipped recipe by name (``unet_stage1``; see ``lipsync.configs``)."""
+    from lipsync.configs import recipe_path
+
+    source = str(recipe_path(path))
     cfg = load_tree(DEFAULTS, source, overrides, TrainConfigError, "train.max_steps=100")
     if not cfg["name"]:
         cfg["name"] = Path(source).stem
