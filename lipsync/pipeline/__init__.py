@@ -1,6 +1,7 @@
 """The lip-sync pipeline: one implementation of decode -> face -> align -> denoise -> paste back
 -> encode, used by ``lipsync generate``, the batch job and the HTTP server."""
 
-from lipsync.pipeline.lipsync_pipeline import GenerateOptions, GenerateResult, LipSyncPipeline
+from lipsync.options import GenerateOptions
+from lipsync.pipeline.lipsync_pipeline import GenerateResult, LipSyncPipeline
 
 __all__ = ["GenerateOptions", "GenerateResult", "LipSyncPipeline"]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipsync.errors import CorruptMediaError, EmptyMediaError, NoFaceError
+from lipsync.options import LOOP_MODES
 
-LOOP_MODES = ("pingpong", "repeat", "freeze")
 _CHUNK_BYTES = 128 * 2**20
 
 

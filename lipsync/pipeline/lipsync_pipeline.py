@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lipsync.errors import NoFaceError
+from lipsync.options import GenerateOptions
 from lipsync.pipeline.components import Components, load_components, save_folder
 from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameItem, FrameSource
@@ -29,22 +30,6 @@ from lipsync.pipeline.stages import (Compositor, Denoiser, Preparer, WindowInput
                                      regen_mask_of, window_planner)
 from lipsync.pipeline.windows import Window
 from lipsync.profiles import load_profile
-
-DEFAULT_SEED = 1247
-
-
-@dataclass
-class GenerateOptions:
-    num_steps: int | None = None  # None = the profile's default
-    guidance_scale: float | None = None
-    seed: int = DEFAULT_SEED
-    face: str | int = "largest"
-    batch_size: int = 1  # windows denoised together
-    loop: str = "pingpong"  # when the speech outlasts the video: pingpong | repeat | freeze
-    silence_gating: bool = False  # close the mouth where the speech is silent (voice activity)
-    overlap: int | None = None  # frames shared by consecutive windows; None = profile default
-    deepcache_interval: int = 0  # 0 = off; N = full UNet pass every N steps
-
 
 @dataclass
 class GenerateResult:

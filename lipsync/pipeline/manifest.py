@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from lipsync.errors import LipSyncError, MediaNotFoundError
 from lipsync.media.uri import is_remote, read_bytes, suffix_of
 from lipsync.pipeline.frames import LOOP_MODES
-from lipsync.pipeline.lipsync_pipeline import GenerateOptions
+from lipsync.options import GenerateOptions
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
