@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lipsync generate --video_path samples/face.mp4 --audio_path samples/speech.wav \
+	$(VENV)/bin/lipsync generate --video_path lipsync/assets/samples/face.mp4 --audio_path lipsync/assets/samples/speech.wav \
 		--output_path out/demo.mp4
 	@echo "Open out/demo.mp4"
 
@@ -25,9 +25,9 @@ demo: $(STAMP)
 samples: $(STAMP)
 	rm -rf out/samples
 	$(VENV)/bin/lipsync synth --out out/samples --num 1 --seconds 3 --seed 7 --identity 0 --langs en --size 256
-	cp out/samples/clip_00000/video.mp4 samples/face.mp4
+	cp out/samples/clip_00000/video.mp4 lipsync/assets/samples/face.mp4
 	$(VENV)/bin/lipsync tts --text "Welcome to lip sync. This voice was never spoken by her." \
-		--lang en --voice f2 --rate 165 --out samples/speech.wav
+		--lang en --voice f2 --rate 165 --out lipsync/assets/samples/speech.wav
 
 # The default `tiny` model from scratch on CPU: synthetic corpus -> shards -> VAE -> SyncNet (5 frames,
 # the evaluator's) -> UNet stage 1 -> stage 1 continued with the noise MSE weighted on the mouth ->

@@ -187,7 +187,7 @@ def make_inputs(work: Path, seconds: float, size: tuple[int, int]) -> tuple[Path
     import av
     import soundfile as sf
 
-    speech, rate = sf.read(REPO / "samples" / "speech.wav", dtype="float32")
+    speech, rate = sf.read(REPO / "lipsync" / "assets" / "samples" / "speech.wav", dtype="float32")
     n = int(seconds * rate)
     audio = work / f"speech_{seconds:g}s.wav"
     sf.write(audio, np.resize(speech, n), rate)
@@ -195,7 +195,7 @@ def make_inputs(work: Path, seconds: float, size: tuple[int, int]) -> tuple[Path
     if not video.exists():
         w, h = size
         side = min(h * 2 // 3, w)
-        with av.open(str(REPO / "samples" / "face.mp4")) as src, av.open(str(video), "w") as dst:
+        with av.open(str(REPO / "lipsync" / "assets" / "samples" / "face.mp4")) as src, av.open(str(video), "w") as dst:
             st = dst.add_stream("libx264", rate=25)
             st.width, st.height, st.pix_fmt = w, h, "yuv420p"
             st.options = {"preset": "ultrafast"}

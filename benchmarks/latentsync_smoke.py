@@ -69,7 +69,7 @@ def write_checkpoints(folder: Path, seed: int = 0) -> dict:
 def one_second_speech(path: Path) -> Path:
     import soundfile as sf
 
-    samples, rate = sf.read(REPO / "samples" / "speech.wav", dtype="float32")
+    samples, rate = sf.read(REPO / "lipsync" / "assets" / "samples" / "speech.wav", dtype="float32")
     sf.write(path, samples[: rate], rate)
     return path
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     audio = one_second_speech(work / "speech_1s.wav")
     out = work / f"{args.profile}.mp4"
     cmd = [sys.executable, "-m", "lipsync.cli", "generate", "--profile", args.profile, "--checkpoint_dir", str(ckpt),
-           "--num_steps", str(args.steps), "--video_path", str(REPO / "samples" / "face.mp4"),
+           "--num_steps", str(args.steps), "--video_path", str(REPO / "lipsync" / "assets" / "samples" / "face.mp4"),
            "--audio_path", str(audio), "--output_path", str(out), "--device", args.device]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
