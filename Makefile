@@ -29,14 +29,20 @@ samples: $(STAMP)
 	$(VENV)/bin/lipsync tts --text "Welcome to lip sync. This voice was never spoken by her." \
 		--lang en --voice f2 --rate 165 --out lipsync/assets/samples/speech.wav
 
-# The default `tiny` model from scratch on CPU: synthetic corpus -> shards -> VAE -> SyncNet (5 frames,
-# the evaluator's) -> UNet stage 1 -> stage 1 continued with the noise MSE weighted on the mouth ->
-# SyncNet (16 frames, stage 2's supervisor only) -> UNet stage 2 and two continuations, then copied into
-# the package (lipsync/assets/models/tiny/, the model card there stays). synth and
-# preprocess skip finished clips; add --resume to a `lipsync train` line to continue a run that stopped.
-# `make tiny-model-quality` measures it against the bars.
+# The default `tiny` model from scratch on CPU: synthetic corpus -> shards -> the eight stages below, one
+# shipped recipe each (lipsync/configs/train/tiny_*.yaml, named in the model card): VAE -> SyncNet (5
+# frames, the evaluator's) -> UNet stage 1 -> stage 1 continued with the noise MSE weighted on the mouth
+# -> SyncNet (16 frames, stage 2's supervisor only) -> UNet stage 2 and two continuations, then copied
+# into the package (lipsync/assets/models/tiny/, the model card there stays). The recipes hold every
+# setting, with this Makefile's paths (out/train/...) as their defaults; the lines below pass the paths
+# again (data, save_dir, the earlier stages' exports) so that `make tiny-model TRAIN=elsewhere` works.
+# synth and preprocess skip finished clips; add --resume to a `lipsync train` line to continue a run
+# that stopped. `make tiny-model-quality` measures it against the bars.
 TRAIN := out/train
-TRAIN_ARGS := --data $(TRAIN)/shards --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs
+CKPT = $(TRAIN)/ckpt
+TRAIN_ARGS = --data $(TRAIN)/shards --save_dir $(CKPT) --log_dir $(TRAIN)/logs
+LIPSYNC_TRAIN = $(VENV)/bin/lipsync train $(TRAIN_ARGS) --config
+SYNCNET16 = --set syncnet=[$(CKPT)/tiny-syncnet/syncnet]
 BUNDLED := lipsync/assets/models/tiny
 KIT_MIRROR ?=
 KIT_ARGS := $(if $(KIT_MIRROR),--mirror $(KIT_MIRROR),)
@@ -44,31 +50,18 @@ tiny-model: $(STAMP)
 	$(VENV)/bin/lipsync synth --out $(TRAIN)/corpus --num 240 --seconds 5 --seed 100 --size 192 --split train
 	$(VENV)/bin/lipsync synth --out $(TRAIN)/heldout --num 24 --seconds 5 --seed 9000 --size 192 --split test
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/corpus --output $(TRAIN)/shards --val_fraction 0.05
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/vae.yaml $(TRAIN_ARGS) --set train.max_steps=500
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/syncnet.yaml $(TRAIN_ARGS) --set syncnet_config.num_frames=5 --name tiny-syncnet5
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage1.yaml $(TRAIN_ARGS) \
-		--set init_from=$(TRAIN)/ckpt/tiny-vae/model --set train.grad_accum=1 --set train.warmup_steps=50 \
-		--set train.torch_threads=2 --set train.max_steps=4000
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage1.yaml $(TRAIN_ARGS) --name tiny-unet-mouth \
-		--set init_from=$(TRAIN)/ckpt/tiny-unet-stage1/model --set train.grad_accum=1 --set train.warmup_steps=50 \
-		--set train.torch_threads=2 --set train.checkpoint_every=500 --set train.max_steps=3500 --set loss.mouth_weight=9
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/syncnet.yaml $(TRAIN_ARGS) --set train.torch_threads=2
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage2.yaml $(TRAIN_ARGS) \
-		--set init_from=$(TRAIN)/ckpt/tiny-unet-mouth/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
-		--set loss.sync_windows=[16] --set loss.sync=0.1 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
-		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=1500
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage2.yaml $(TRAIN_ARGS) --name tiny-unet-reg \
-		--set init_from=$(TRAIN)/ckpt/tiny-unet-stage2/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
-		--set loss.sync_windows=[16] --set loss.sync=0.1 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
-		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=900 --set train.trainable=[.]
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/unet_stage2.yaml $(TRAIN_ARGS) --name tiny-unet-reg2 \
-		--set init_from=$(TRAIN)/ckpt/tiny-unet-reg/model --set syncnet=[$(TRAIN)/ckpt/tiny-syncnet/syncnet] \
-		--set loss.sync_windows=[16] --set loss.sync=0.15 --set loss.mouth_weight=9 --set train.lr=1.0e-4 \
-		--set train.warmup_steps=50 --set train.torch_threads=2 --set train.max_steps=900 --set train.trainable=[.]
+	$(LIPSYNC_TRAIN) tiny_vae
+	$(LIPSYNC_TRAIN) tiny_syncnet5
+	$(LIPSYNC_TRAIN) tiny_unet_stage1 --set init_from=$(CKPT)/tiny-vae/model
+	$(LIPSYNC_TRAIN) tiny_unet_mouth --set init_from=$(CKPT)/tiny-unet-stage1/model
+	$(LIPSYNC_TRAIN) tiny_syncnet16
+	$(LIPSYNC_TRAIN) tiny_unet_stage2 --set init_from=$(CKPT)/tiny-unet-mouth/model $(SYNCNET16)
+	$(LIPSYNC_TRAIN) tiny_unet_reg --set init_from=$(CKPT)/tiny-unet-stage2/model $(SYNCNET16)
+	$(LIPSYNC_TRAIN) tiny_unet_reg2 --set init_from=$(CKPT)/tiny-unet-reg/model $(SYNCNET16)
 	mkdir -p $(BUNDLED)
 	rm -rf $(BUNDLED)/unet $(BUNDLED)/vae $(BUNDLED)/audio_encoder $(BUNDLED)/scheduler $(BUNDLED)/syncnet
-	cp -r $(TRAIN)/ckpt/tiny-unet-reg2/model/* $(BUNDLED)/
-	cp -r $(TRAIN)/ckpt/tiny-syncnet5/syncnet $(BUNDLED)/syncnet
+	cp -r $(CKPT)/tiny-unet-reg2/model/* $(BUNDLED)/
+	cp -r $(CKPT)/tiny-syncnet5/syncnet $(BUNDLED)/syncnet
 
 # Real people, from the bundled model (not bundled: see the model card): the faces-kit by its manifest
 # (KIT_MIRROR=DIR copies from a local mirror; without it the files are downloaded from their sources):
@@ -83,12 +76,12 @@ tiny-model-real: $(STAMP)
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/kit/talking --output $(TRAIN)/shards_real --val_fraction 0.05
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/synth_real --output $(TRAIN)/shards_synreal --val_fraction 0.05
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/synth_base --output $(TRAIN)/shards_base --val_fraction 0.05
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/real_vae_decoder.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
+	$(VENV)/bin/lipsync train --config real_vae_decoder --save_dir $(CKPT) --log_dir $(TRAIN)/logs \
 		--data $(TRAIN)/shards_real $(TRAIN)/shards_synreal --set init_from=$(REAL_INIT)
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/real_unet.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
+	$(VENV)/bin/lipsync train --config real_unet --save_dir $(CKPT) --log_dir $(TRAIN)/logs \
 		--data $(TRAIN)/shards_real $(TRAIN)/shards_real $(TRAIN)/shards_synreal $(TRAIN)/shards_base \
-		--set init_from=$(TRAIN)/ckpt/tiny-vae-real/model
-	$(VENV)/bin/lipsync train --config lipsync/configs/train/real_syncnet5.yaml --save_dir $(TRAIN)/ckpt --log_dir $(TRAIN)/logs \
+		--set init_from=$(CKPT)/tiny-vae-real/model
+	$(VENV)/bin/lipsync train --config real_syncnet5 --save_dir $(CKPT) --log_dir $(TRAIN)/logs \
 		--data $(TRAIN)/shards_real $(TRAIN)/shards_real $(TRAIN)/shards_synreal
 
 tiny-model-quality: $(STAMP)
