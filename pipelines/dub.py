@@ -49,16 +49,12 @@ from dataclasses import dataclass, field
 
 from lipsync.configs import CONFIG_DIR
 from lipsync.errors import LipSyncError
+from lipsync.media.uri import ray_runtime_env
 from lipsync.pipeline.batch import (Result, VideoPlan, completed, describe_error, fingerprint, format_summary,
                                     write_results)
 from lipsync.pipeline.manifest import DubTask, JobInput
 
 DEFAULT_CONFIG = CONFIG_DIR / "dub.yaml"
-# S3 settings of the driver's environment, passed on to the workers (which may run on other
-# machines, or in a Ray instance started before these were set).
-FORWARD_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID",
-               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-
 # The configuration's keys and defaults (lipsync/configs/dub.yaml documents each).
 DEFAULTS: dict = {
     "prepare": {"actors": "auto", "num_cpus": "auto", "shard_windows": 4, "torch_threads": 1},
@@ -273,7 +269,7 @@ class PrepareUDF:
 
         from lipsync.pipeline.batch import PrepareVideo
         from lipsync.pipeline.components import load_components
-        from lipsync.pipeline.stages import Preparer
+        from lipsync.pipeline.job import JobSetup
         from lipsync.profiles import load_profile
 
         from lipsync.face import FaceDetector
@@ -282,7 +278,7 @@ class PrepareUDF:
         torch.set_num_threads(int(torch_threads))
         comps = load_components(load_profile(profile), checkpoint_dir, parts={"audio"})
         comps.to("cpu")
-        self.stage = PrepareVideo(Preparer(comps.profile, comps.audio_encoder), shard_windows,
+        self.stage = PrepareVideo(JobSetup(comps.profile, comps.audio_encoder), shard_windows,
                                   detector=FaceDetector(max_faces=8))
         self.node = _node()
 
@@ -573,7 +569,7 @@ def _execute(todo: list[DubTask], job: DubJob, report, say) -> None:
     # Finish workers start with the pools (their imports overlap the pools' start-up).
     finisher = ray.remote(FinishWorker).options(num_cpus=plan.finish_cpus, max_restarts=-1,
                                                 max_task_retries=plan.finish_retries,
-                                                scheduling_strategy="SPREAD", **_runtime_env())
+                                                scheduling_strategy="SPREAD", **ray_runtime_env())
     workers = [finisher.remote(job.output_dir, evaluator) for _ in range(plan.finish_concurrency)]
     gather = _Gather(workers, report)
     for t in todo:
@@ -619,11 +615,6 @@ def _root_cause(err: BaseException) -> str:
     return type(err).__name__
 
 
-def _runtime_env() -> dict:
-    env = {k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)}
-    return {"runtime_env": {"env_vars": env}} if env else {}
-
-
 def _dataset(todo: list[DubTask], job: DubJob, plan: Plan):
     import ray
 
@@ -638,14 +629,14 @@ def _dataset(todo: list[DubTask], job: DubJob, plan: Plan):
         fn_constructor_kwargs={"profile": job.profile, "checkpoint_dir": job.checkpoint_dir,
                                "shard_windows": plan.shard_windows, "torch_threads": plan.prepare_threads},
         compute=ray.data.ActorPoolStrategy(size=plan.prepare_actors), num_cpus=plan.prepare_cpus,
-        **_runtime_env())
+        **ray_runtime_env())
     ds = ds.map_batches(
         DenoiseUDF, batch_size=plan.shards_per_call, batch_format="pyarrow",
         fn_constructor_kwargs={"profile": job.profile, "checkpoint_dir": job.checkpoint_dir,
                                "device": plan.device, "dtype": plan.dtype, "batch_size": plan.batch_size,
                                "torch_threads": plan.denoise_threads},
         compute=ray.data.ActorPoolStrategy(size=plan.denoise_actors), num_cpus=plan.denoise_cpus,
-        num_gpus=plan.denoise_gpus, **_runtime_env())
+        num_gpus=plan.denoise_gpus, **ray_runtime_env())
     return ds
 
 

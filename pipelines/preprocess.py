@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from lipsync.media.uri import ray_runtime_env
 from lipsync.train.prepare import ClipReport, PrepareOptions, read_done
 from lipsync.train.sources import ClipTask, discover
 
@@ -132,7 +132,7 @@ def run_preprocess(job: PreprocessJob, say=None, clips: tuple[list[ClipTask], li
                             fn_constructor_kwargs={"output": job.output, "options": asdict(job.options),
                                                    "sync_filter": job.sync_filter},
                             compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))), num_cpus=per,
-                            **_runtime_env())
+                            **ray_runtime_env())
         done = len(reports)
         for batch in ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=1):
             for row in batch.to_dict("records"):
@@ -155,25 +155,17 @@ def run_preprocess(job: PreprocessJob, say=None, clips: tuple[list[ClipTask], li
     return rows
 
 
-def _runtime_env() -> dict:
-    """S3 settings of the driver's environment, for workers started elsewhere."""
-    keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-    env = {k: os.environ[k] for k in keys if os.environ.get(k)}
-    return {"runtime_env": {"env_vars": env}} if env else {}
-
-
 def write_report(job: PreprocessJob, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lipsync.media.uri import atomic_output, write_bytes
-    from lipsync.train.prepare import DATASET_VERSION, _join
+    from lipsync.media.uri import atomic_output, join, write_bytes
+    from lipsync.train.prepare import DATASET_VERSION
 
     cols = ["id", "video", "audio", "split", "status", "error", "frames", "face_frames", "cuts", "segments",
             "filtered", "shard", "seconds"]
     table = pa.table({c: [r.get(c) for r in rows] for c in cols})
-    with atomic_output(_join(job.output, "report.parquet")) as tmp:
+    with atomic_output(join(job.output, "report.parquet")) as tmp:
         pq.write_table(table, tmp)
     splits: dict[str, dict] = {}
     for r in rows:
@@ -184,7 +176,7 @@ def write_report(job: PreprocessJob, rows: list[dict]) -> None:
     info = {"version": DATASET_VERSION, "options": asdict(job.options), "splits": splits,
             "clips": len(rows), "errors": sum(r["status"] == "error" for r in rows),
             "sync_filter": job.sync_filter, "input": job.input}
-    write_bytes(_join(job.output, "dataset.json"), json.dumps(info, indent=2).encode())
+    write_bytes(join(job.output, "dataset.json"), json.dumps(info, indent=2).encode())
 
 
 def exit_code(rows: list[dict]) -> int:

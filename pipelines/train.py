@@ -30,6 +30,7 @@ import math
 import os
 import time
 
+from lipsync.media.uri import exists, join
 from lipsync.train.config import TrainConfigError
 from lipsync.train.loop import Session, run
 
@@ -87,27 +88,10 @@ def train_loop_per_worker(config: dict) -> None:
         val_files=config.get("val_files"))
 
 
-def _join(root: str, *parts: str) -> str:
-    from lipsync.media.uri import is_remote
-
-    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else os.path.join(root, *parts)
-
-
 def _abs(uri: str) -> str:
     from lipsync.media.uri import is_remote, local_path
 
     return uri if is_remote(uri) else os.path.abspath(local_path(uri))
-
-
-def _exists(uri: str) -> bool:
-    import fsspec
-
-    from lipsync.media.uri import is_remote, storage_options
-
-    if not is_remote(uri):
-        return os.path.exists(uri)
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options())
-    return fs.exists(path)
 
 
 def _parquet_files(uri: str) -> list[str]:
@@ -163,13 +147,13 @@ def shard_files(data: dict) -> tuple[list[str], list[str]]:
     folders = [_abs(str(v)) for v in (data["shards"] if isinstance(data["shards"], list) else [data["shards"]])]
     train_files, val_files = [], []
     for shards in folders:
-        files = _parquet_files(_join(shards, data["train_split"]))
+        files = _parquet_files(join(shards, data["train_split"]))
         if not files:
-            raise TrainConfigError(f"{_join(shards, data['train_split'])}: no Parquet shards "
+            raise TrainConfigError(f"{join(shards, data['train_split'])}: no Parquet shards "
                                    "(run `lipsync preprocess` first)")
         train_files += files
         if data["val_split"]:
-            val_files += [f for f in _parquet_files(_join(shards, data["val_split"])) if f not in val_files]
+            val_files += [f for f in _parquet_files(join(shards, data["val_split"])) if f not in val_files]
     return train_files, val_files
 
 
@@ -199,8 +183,8 @@ def fit(cfg: dict, save_dir: str, log_dir: str | None = None, resume: bool = Fal
                                f"{float(total.get('GPU', 0)):g} GPU(s)")
     name = cfg["name"]
     save_dir = _abs(save_dir)
-    run_dir = _join(save_dir, name)
-    existing = _exists(_join(run_dir, SNAPSHOT))
+    run_dir = join(save_dir, name)
+    existing = exists(join(run_dir, SNAPSHOT))
     if existing and not resume:
         raise TrainConfigError(f"{run_dir}: a run named {name!r} already exists; pass --resume to continue it "
                                "from its latest checkpoint, or choose another --save_dir or name")

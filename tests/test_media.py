@@ -106,6 +106,36 @@ def test_atomic_output_removes_temp_on_error_and_keeps_old_file(tmp_path):
     assert os.listdir(tmp_path) == ["out.bin"]
 
 
+def test_stale_partials_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    from lipsync.media import uri
+
+    final = tmp_path / "clip.mp4"
+    ctx = uri.atomic_output(str(final))
+    partial = ctx.__enter__()  # a writer killed before it finished: its temporary file stays
+    keep = ["clip.mp4.txt", ".clip.notrandom.partial.mp4", ".other.0123456789ab.partial.mp4"]
+    for name in keep:
+        (tmp_path / name).write_bytes(b"x")
+    assert os.path.exists(partial)
+    uri.remove_stale_partials(str(final))
+    assert sorted(os.listdir(tmp_path)) == sorted(keep)
+    uri.remove_stale_partials("s3://bucket/clip.mp4")  # remote outputs never leave partials
+
+
+def test_join_exists_and_list_files(tmp_path):
+    from lipsync.errors import MediaNotFoundError
+    from lipsync.media import uri
+
+    assert uri.join("s3://b/out/", "x", "y.json") == "s3://b/out/x/y.json"
+    assert uri.join(str(tmp_path), "a", "b.txt") == os.path.join(str(tmp_path), "a", "b.txt")
+    (tmp_path / "b.txt").write_text("1")
+    (tmp_path / "sub").mkdir()
+    assert uri.exists(str(tmp_path / "b.txt")) and uri.exists(f"file://{tmp_path}/b.txt")
+    assert not uri.exists(str(tmp_path / "nope"))
+    assert uri.list_files(str(tmp_path)) == [str(tmp_path / "b.txt")]
+    with pytest.raises(MediaNotFoundError, match="no such folder"):
+        uri.list_files(str(tmp_path / "nope"))
+
+
 # ---------------------------------------------------------------- round trip through the writer
 
 

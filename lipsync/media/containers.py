@@ -18,7 +18,6 @@ from lipsync.errors import (
     UnsupportedFormatError,
 )
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def looks_like_text(path: str) -> bool:

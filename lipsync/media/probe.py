@@ -11,12 +11,12 @@ import numpy as np
 
 from lipsync.errors import CorruptMediaError, EmptyMediaError, UnsupportedFormatError
 from lipsync.media.containers import (
-    IMAGE_SUFFIXES,
     audio_stream,
     display_rotation,
     open_media,
     video_stream,
 )
+from lipsync.media.formats import IMAGE_SUFFIXES
 from lipsync.media.uri import UriLike, local_input, suffix_of
 from lipsync.media.video import decode_image
 

@@ -21,6 +21,10 @@ from fsspec.core import split_protocol
 from lipsync.errors import MediaNotFoundError
 
 _LOCAL_PROTOCOLS = {None, "file", "local"}
+# The S3 settings of a driver's environment that Ray workers need too: they may run on other
+# machines, or in a Ray instance started before these were set.
+S3_ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID",
+                  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
 UriLike = str | os.PathLike
 
@@ -65,11 +69,56 @@ def storage_options() -> dict:
     return opts
 
 
-def _filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def ray_runtime_env() -> dict:
+    """``ray_remote_args`` / ``ray.init`` keywords that forward this process's S3 settings to workers."""
+    env = {k: os.environ[k] for k in S3_ENVIRONMENT if os.environ.get(k)}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of ``uri`` (S3 settings from the environment) and the path within it."""
     protocol, _ = split_protocol(uri)
     options = storage_options() if protocol in ("s3", "s3a") else {}
     fs, path = fsspec.core.url_to_fs(uri, **options)
     return fs, path
+
+
+def join(base: UriLike, *parts: str) -> str:
+    """``base`` / ``parts``: with ``/`` for remote URIs, ``os.path.join`` for local paths."""
+    text = os.fspath(base)
+    if is_remote(text):
+        return "/".join([text.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(text, *parts)
+
+
+def exists(uri: UriLike) -> bool:
+    """True if ``uri`` is an existing file or folder; remote listings are not cached (another
+    process may just have written it)."""
+    text = os.fspath(uri)
+    if not is_remote(text):
+        return os.path.exists(local_path(text))
+    fs, path = filesystem(text)
+    with contextlib.suppress(Exception):
+        fs.invalidate_cache(path)
+    return fs.exists(path)
+
+
+def list_files(folder: UriLike) -> list[str]:
+    """The files directly in ``folder`` (local or remote), sorted, as paths / URIs.
+    MediaNotFoundError if it is not a readable folder."""
+    text = os.fspath(folder)
+    if not is_remote(text):
+        path = local_path(text)
+        if not os.path.isdir(path):
+            raise MediaNotFoundError(text, "no such folder")
+        return sorted(os.path.join(path, n) for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
+    fs, path = filesystem(text)
+    try:
+        entries = fs.ls(path, detail=True)
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
+        raise MediaNotFoundError(text, f"cannot list the folder ({type(err).__name__})") from err
+    protocol = split_protocol(text)[0]
+    return sorted(f"{protocol}://{e['name']}" for e in entries if e.get("type") == "file")
 
 
 @contextlib.contextmanager
@@ -92,7 +141,7 @@ def local_input(uri: UriLike, suffix: str | None = None) -> Iterator[str]:
     try:
         local = os.path.join(tmpdir, "input" + (suffix if suffix is not None else suffix_of(text)))
         try:
-            fs, path = _filesystem(text)
+            fs, path = filesystem(text)
             fs.get_file(path, local)
         except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
             problem = f"cannot read object ({type(err).__name__}: {err})"
@@ -105,12 +154,36 @@ def local_input(uri: UriLike, suffix: str | None = None) -> Iterator[str]:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _temp_name_beside(final: str) -> str:
-    """A fresh hidden name in ``final``'s directory that keeps its extension (muxers need it)."""
+_PARTIAL_TAG = 12  # hex digits of the random part of a temporary name
+
+
+def _stem_suffix(final: str) -> tuple[str, str, str]:
     directory, base = os.path.split(final)
     suffix = Path(base).suffix
-    stem = base[: len(base) - len(suffix)] if suffix else base
-    return os.path.join(directory, f".{stem}.{uuid.uuid4().hex[:12]}.partial{suffix}")
+    return directory, base[: len(base) - len(suffix)] if suffix else base, suffix
+
+
+def _temp_name_beside(final: str) -> str:
+    """A fresh hidden name in ``final``'s directory that keeps its extension (muxers need it)."""
+    directory, stem, suffix = _stem_suffix(final)
+    return os.path.join(directory, f".{stem}.{uuid.uuid4().hex[:_PARTIAL_TAG]}.partial{suffix}")
+
+
+def remove_stale_partials(uri: UriLike) -> None:
+    """Delete the temporary files that a killed earlier ``atomic_output(uri)`` left beside a local
+    ``uri``, so an interrupted job leaves no debris. Remote outputs never leave any: they are staged
+    in a local temporary folder and uploaded in one request."""
+    text = os.fspath(uri)
+    if is_remote(text):
+        return
+    directory, stem, suffix = _stem_suffix(os.path.abspath(local_path(text)))
+    if not os.path.isdir(directory):
+        return
+    head, tail = f".{stem}.", f".partial{suffix}"
+    for name in os.listdir(directory):
+        if name.startswith(head) and name.endswith(tail) and len(name) == len(head) + _PARTIAL_TAG + len(tail):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
 
 
 @contextlib.contextmanager
@@ -127,7 +200,7 @@ def atomic_output(uri: UriLike) -> Iterator[str]:
         try:
             tmp = os.path.join(tmpdir, "output" + suffix_of(text))
             yield tmp
-            fs, path = _filesystem(text)
+            fs, path = filesystem(text)
             fs.put_file(tmp, path)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -161,7 +234,10 @@ def read_bytes(uri: UriLike) -> bytes:
         if not is_remote(text):
             with open(local_path(text), "rb") as f:
                 return f.read()
-        fs, path = _filesystem(text)
+        fs, path = filesystem(text)
         return fs.cat_file(path)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
         raise MediaNotFoundError(text, f"cannot read ({type(err).__name__})") from err
+
+
+_filesystem = filesystem  # TEMPORARY: callers being migrated to filesystem()

@@ -20,12 +20,12 @@ from lipsync.errors import (
     UnsupportedFormatError,
 )
 from lipsync.media.containers import (
-    IMAGE_SUFFIXES,
     looks_like_text,
     open_media,
     upright,
     video_stream,
 )
+from lipsync.media.formats import IMAGE_SUFFIXES
 from lipsync.media.uri import UriLike, local_input, suffix_of
 
 # A source frame whose timestamp is within this many seconds after an output instant still counts

@@ -41,12 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsync.errors import CheckpointError
+from lipsync.media.formats import FPS, SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # 10 ms
 N_FFT = 400
 N_MELS = 80
-FPS = 25
 MEL_STEPS_PER_FRAME = SAMPLE_RATE // HOP_LENGTH // FPS  # 4
 MODEL_TYPE = "lipsync_syncnet"
 _EPS = 1e-6

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsync.errors import CheckpointError
+from lipsync.media.formats import SAMPLE_RATE
 from lipsync.models.weights import read_state_dict, rename_keys, load_strict
 
-SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
 N_MELS = 80

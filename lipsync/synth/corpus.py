@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.media.audio import save_wav
+from lipsync.media.formats import SAMPLE_RATE
 from lipsync.media.uri import write_bytes
 from lipsync.media.writer import VideoWriter
 from lipsync.tts import PhonemeEvent, list_variants, synthesize, timeline_to_json
@@ -31,7 +32,6 @@ from .render import ClipRenderer, MotionTrack, blink_track
 from .sentences import pick_language, sentences
 from .visemes import mouth_track, speech_activity
 
-SAMPLE_RATE = 16000
 META_VERSION = 1
 # Variants that sound natural enough; others in the wheel are novelty voices.
 VOICES = ("m1", "m2", "m3", "m4", "f1", "f2", "f3", "f4", None)

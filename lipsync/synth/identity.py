@@ -17,13 +17,13 @@ import cv2
 import numpy as np
 
 from lipsync.errors import MediaNotFoundError, NoFaceError
+from lipsync.media.formats import IMAGE_SUFFIXES
 
 from .mouth import FaceFrame, close_mouth
 from .warp import anchor_ring, warp_region
 
 # Public-domain portraits shipped with the package (see lipsync/assets/faces/README.md).
 BUNDLED_PREFIX = "bundled:"
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # Photos are scaled so the face is at most this wide: larger faces only slow the warps down.
 MAX_FACE_PX = 180
 MESH_POINTS = 468  # the iris points (468-477) are not used as warp controls
@@ -44,7 +44,7 @@ class Identity:
 
 def bundled_photos() -> tuple[str, ...]:
     folder = resources.files("lipsync.assets").joinpath("faces")
-    names = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PHOTO_SUFFIXES))
+    names = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
     return tuple(BUNDLED_PREFIX + n for n in names)
 
 
@@ -53,9 +53,9 @@ def photos_in(folder: str | os.PathLike) -> tuple[str, ...]:
     d = Path(folder)
     if not d.is_dir():
         raise MediaNotFoundError(str(d), "is not a folder of portrait photos")
-    found = tuple(str(p) for p in sorted(d.iterdir()) if p.suffix.lower() in PHOTO_SUFFIXES)
+    found = tuple(str(p) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
-        raise MediaNotFoundError(str(d), f"holds no photos ({', '.join(PHOTO_SUFFIXES)})")
+        raise MediaNotFoundError(str(d), f"holds no photos ({', '.join(IMAGE_SUFFIXES)})")
     return found
 
 

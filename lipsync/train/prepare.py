@@ -1,5 +1,5 @@
 """Dataset preparation, one clip at a time (no Ray): decode at 25 fps / 16 kHz, detect shot cuts,
-track and align the face with the inference pipeline's own code (:meth:`Preparer.align`), cut
+track and align the face with the inference pipeline's own code (:meth:`lipsync.face.aligner.FaceAligner.aligned`), cut
 fixed-length segments, optionally filter them by audio-visual sync, and write one Parquet shard
 per clip plus a completion record. ``pipelines/preprocess.py`` runs this stage on Ray Data.
 
@@ -28,10 +28,10 @@ from typing import Callable
 
 import numpy as np
 
+from lipsync.media.formats import FPS, SAMPLE_RATE
+from lipsync.media.uri import join
 from lipsync.train.sources import ClipTask, held_out
 
-FPS = 25
-SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 DATASET_VERSION = 1
 
@@ -173,14 +173,8 @@ def _read_meta(uri: str | None) -> dict | None:
     return json.loads(read_bytes(uri).decode("utf-8"))
 
 
-def _join(root: str, *parts: str) -> str:
-    from lipsync.media.uri import is_remote
-
-    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else os.path.join(root, *parts)
-
-
 def done_record_path(out: str, clip_id: str) -> str:
-    return _join(out, "_done", f"{clip_id}.json")
+    return join(out, "_done", f"{clip_id}.json")
 
 
 def read_done(out: str, clip_id: str) -> dict | None:
@@ -198,13 +192,13 @@ class ClipPreparer:
 
     def __init__(self, out: str, options: PrepareOptions | None = None, sync_filter: SyncFilter | None = None,
                  detector=None):
-        from lipsync.pipeline.stages import Preparer
+        from lipsync.face.aligner import FaceAligner
         from lipsync.profiles import load_profile
 
         self.out = str(out)
         self.options = options or PrepareOptions()
         self.profile = load_profile(self.options.profile)
-        self.preparer = Preparer(self.profile, None)  # alignment needs only the profile
+        self.faces = FaceAligner.of_profile(self.profile)  # the inference pipeline's alignment
         self.sync_filter = sync_filter
         self._detector = detector
 
@@ -275,7 +269,7 @@ class ClipPreparer:
         with local_input(task.video) as local:
             frames = iter_frames(local, fps=FPS)
             try:
-                for (frame, face, cut), matrix in self.preparer.aligned(
+                for (frame, face, cut), matrix in self.faces.aligned(
                         tracked(frames), face_of=lambda t: t[1], index_of=lambda t: t[0].index,
                         image_of=lambda t: t[0].image, breaks=lambda t: t[2]):
                     if cut:
@@ -283,7 +277,7 @@ class ClipPreparer:
                     if matrix is None:
                         close_run()
                         continue
-                    crop = self.preparer.crop(frame.image, matrix)
+                    crop = self.faces.crop(frame.image, matrix)
                     if crop.shape[:2] != (size, size):
                         raise ValueError(f"aligned crop is {crop.shape[:2]}, expected {size} x {size}")
                     run.append((frame.index, crop))
@@ -341,7 +335,7 @@ class ClipPreparer:
         cols["audio"] = [np.asarray(a, np.float32) for a in cols["audio"]]
         table = pa.table({name: pa.array(cols[name], schema.field(name).type) for name in schema.names},
                          schema=schema)
-        uri = _join(self.out, split, f"{clip_id}.parquet")
+        uri = join(self.out, split, f"{clip_id}.parquet")
         with atomic_output(uri) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         return uri
