@@ -130,7 +130,7 @@ def plan_pools(cfg: dict, cpus: float, gpus: float, node_cpus: list[float] | Non
     """Resolve 'auto' for a cluster of ``cpus`` / ``gpus`` and refuse any layout that cannot run.
 
     The pools hold their CPUs for the whole job; finish tasks need theirs on top. If the sum exceeds
-    the cluster, some stage waits for another forever (DESIGN.md §7), so that is an error here,
+    the cluster, some stage waits for another forever (docs/developer_guide.md, "Ray traps"), so that is an error here,
     before anything starts. A GPU request on a cluster without (enough) GPUs is an error too (Ray
     would wait for one silently); with ``gpu_wait_s`` the driver first waits for an autoscaler to
     add GPU nodes (see :func:`requested_gpus`), then plans.

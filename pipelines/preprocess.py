@@ -33,7 +33,7 @@ class PreprocessJob:
     output: str
     options: PrepareOptions = field(default_factory=PrepareOptions)
     actors: int | str = "auto"
-    num_cpus: float | str = "auto"  # per actor; fractional (DESIGN.md §7: never claim every CPU)
+    num_cpus: float | str = "auto"  # per actor; fractional (never claim every CPU: docs/developer_guide.md, "Ray traps")
     val_fraction: float = 0.0
     sync_filter: str | None = None  # package.module:function or a SyncNet folder
     overwrite: bool = False

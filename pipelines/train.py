@@ -114,7 +114,7 @@ def cpus_per_worker(cfg: dict, cluster_cpus: float, num_workers: int, use_gpu: b
     """'auto': 1 CPU per GPU worker; CPU workers share all but one CPU, in quarter CPUs, at most 1
     each. The CPU left is Ray Data's: its file-listing task takes a whole CPU and its budget is what
     the workers leave, so workers holding every CPU (or all but a fraction) hang the read forever
-    (seen here with 2 x 0.75 CPU on a 2-CPU node; DESIGN.md §7). A worker's torch threads are set
+    (seen here with 2 x 0.75 CPU on a 2-CPU node; docs/developer_guide.md, "Ray traps"). A worker's torch threads are set
     separately (``train.torch_threads``), so a 0.5-CPU worker still computes on a whole core."""
     c = cfg["train"]["cpus_per_worker"]
     if c not in ("auto", None):

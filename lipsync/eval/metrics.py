@@ -13,7 +13,7 @@ import numpy as np
 from lipsync.face import landmarks as lmk
 from lipsync.face.align import TEMPLATE, TEMPLATE_INDICES, TEMPLATE_WEIGHTS, fit_similarity
 
-SHIFTS = tuple(range(-15, 16))  # audio shifts searched, in frames (DESIGN.md section 4)
+SHIFTS = tuple(range(-15, 16))  # audio shifts searched, in frames (the LSE convention)
 PSNR_CAP_DB = 100.0  # the PSNR reported for identical images (MSE = 0)
 
 # Rigid points of the face (eye corners, nose): head-tracking jitter is measured on these.

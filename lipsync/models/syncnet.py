@@ -1,6 +1,6 @@
 """SyncNet: does this mouth move with this speech? Two encoders, one shared embedding space.
 
-:class:`SyncNet` is our StableSyncNet-style model (DESIGN.md section 4): the lower half of the
+:class:`SyncNet` is our StableSyncNet-style model (see docs/developer_guide.md, "LatentSync facts"): the lower half of the
 aligned face crops of ``num_frames`` consecutive frames (stacked as channels) and the log-mel
 window covering the same frames (``4 * num_frames`` steps of 10 ms) are each encoded by a small
 2-D conv stack into an L2-normalised embedding. It serves (a) as a frozen supervisor of the

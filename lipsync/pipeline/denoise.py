@@ -13,7 +13,7 @@ from lipsync.models import vae as vae_ops
 
 
 def latentsync_scheduler(prediction_type: str = "epsilon"):
-    """DDIM with LatentSync's training schedule (DESIGN.md §4); LatentSync's UNets predict epsilon."""
+    """DDIM with LatentSync's training schedule (docs/developer_guide.md, "LatentSync facts"); LatentSync's UNets predict epsilon."""
     from diffusers import DDIMScheduler
 
     if prediction_type not in ("epsilon", "v_prediction"):

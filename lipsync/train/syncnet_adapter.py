@@ -6,7 +6,7 @@
 * :func:`generated_sync_loss` - stage 2's sync loss on generated crops (gradients flow into them),
   over every window length a given SyncNet takes (5 and 16 frames: the multi-scale loss);
 * :func:`sync_filter_from_folder` - the preprocessing job's sync filter: LSE-C confidence and offset
-  computed by the evaluator's functions (:mod:`lipsync.eval.metrics`; DESIGN.md §4).
+  computed by the evaluator's functions (:mod:`lipsync.eval.metrics`).
 """
 
 from __future__ import annotations
