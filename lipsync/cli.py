@@ -106,18 +106,50 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _add_ray_commands(sub):
-    """Subcommands that run on Ray live beside their Ray code; their parser modules import no Ray."""
-    import importlib
+COMMAND_GROUP = "lipsync.commands"
+COMMAND_ORDER = ("dub", "serve", "preprocess", "train")  # as DESCRIPTION lists them; any others follow by name
 
-    for module in ("pipelines.cli", "serve.cli"):
+
+def _add_ray_commands(sub):
+    """The subcommands that run on Ray live beside their Ray code (pipelines/, serve/), which the library
+    never imports: each registers through an entry point of the ``lipsync.commands`` group (pyproject.toml),
+    ``name = "module:function"``, the function adding subcommand ``name`` to ``sub``. Their parser modules
+    import no Ray, so ``lipsync --help`` stays fast. One that does not load becomes a subcommand that
+    says why in one line when it is used (``LIPSYNC_DEBUG=1`` raises the error here instead)."""
+    from importlib.metadata import entry_points
+
+    found = {}
+    for ep in entry_points(group=COMMAND_GROUP):
+        found.setdefault(ep.name, ep)  # the first distribution on sys.path wins, as for imports
+    rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+    for name in sorted(found, key=lambda n: (rank.get(n, len(rank)), n)):
         try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
+            found[name].load()(sub)
+        except Exception as err:  # a missing module, a broken plugin: the other commands still work
+            if os.environ.get("LIPSYNC_DEBUG"):
                 raise
-            continue
-        mod.add_parsers(sub)
+            _add_unavailable(sub, name, found[name].value, err)
+
+
+def _add_unavailable(sub, name: str, target: str, err: Exception):
+    """Subcommand ``name`` whose entry point ``target`` failed with ``err``: listed by ``--help``, and
+    any use of it (flags included) is a one-line error."""
+    reason = f"cannot load {target} ({type(err).__name__}: {' '.join(str(err).split())})"
+    if name in sub.choices:  # the plugin failed half-way through adding its parser
+        del sub.choices[name]
+        sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != name]
+    p = sub.add_parser(name, help=f"unavailable: {reason}", add_help=False)
+
+    def unavailable(args):
+        raise LipSyncError(f"lipsync {name} is unavailable: {reason}; is the package that provides it "
+                           "installed? (LIPSYNC_DEBUG=1 shows the traceback)")
+
+    def accept_anything(args=None, namespace=None):
+        namespace = namespace if namespace is not None else argparse.Namespace()
+        namespace.func = unavailable
+        return namespace, []
+
+    p.parse_known_args = accept_anything
 
 
 def _add_synth(sub):

@@ -1,5 +1,6 @@
-"""``lipsync dub``: the batch-dubbing subcommand. Registered by ``lipsync/cli.py`` through
-``add_parsers``; nothing here imports Ray until the command runs."""
+"""``lipsync dub``: the batch-dubbing subcommand. Registered with ``lipsync`` through the
+``lipsync.commands`` entry point ``dub = pipelines.cli:add_parsers`` (pyproject.toml); nothing here
+imports Ray until the command runs."""
 
 from __future__ import annotations
 
@@ -60,12 +61,8 @@ def dub_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
-    """Called by ``lipsync/cli.py`` to register the Ray-backed subcommands of this package."""
+    """The ``dub`` entry point of the ``lipsync.commands`` group: adds ``lipsync dub`` to ``sub``."""
     add_dub_parser(sub)
-    from pipelines.preprocess_cli import add_parsers as add_preprocess_parsers  # lipsync preprocess
-    add_preprocess_parsers(sub)
-    from pipelines.train_cli import add_parsers as add_train_parsers  # lipsync train
-    add_train_parsers(sub)
 
 
 def cmd_dub(args) -> int:
@@ -79,6 +76,7 @@ def cmd_dub(args) -> int:
     defaults = GenerateOptions(num_steps=args.num_steps, guidance_scale=args.guidance_scale, seed=args.seed,
                                face=_face_arg(args.face), loop=args.loop, silence_gating=args.silence_gating,
                                overlap=args.overlap, deepcache_interval=args.deepcache)
+    from pipelines.cluster import connect
     from pipelines.dub import DubJob, exit_code, load_config, run_dub
 
     config = load_config(args.config, args.set)
@@ -91,16 +89,6 @@ def cmd_dub(args) -> int:
     connect(args.address)
     job = DubJob(args.output_dir, args.profile, args.checkpoint_dir, config, args.overwrite)
     return exit_code(run_dub(job_input, job))
-
-
-def connect(address: str | None) -> None:
-    """Join ``address``, else the local Ray instance if one runs, else start one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs = {"address": address} if address else {}
-    ray.init(**kwargs, log_to_driver=True, logging_level="WARNING")
 
 
 def main_dub(argv: list[str] | None = None) -> int:

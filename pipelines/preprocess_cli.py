@@ -1,5 +1,6 @@
-"""``lipsync preprocess``: training-data preparation on Ray Data. Registered by ``pipelines/cli.py``
-through ``add_parsers``; nothing here imports Ray until the command runs."""
+"""``lipsync preprocess``: training-data preparation on Ray Data. Registered with ``lipsync`` through
+the ``lipsync.commands`` entry point ``preprocess = pipelines.preprocess_cli:add_parsers``
+(pyproject.toml); nothing here imports Ray until the command runs."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def cmd_preprocess(args) -> int:
                           max_sync_offset=args.max_sync_offset)
     job = PreprocessJob(args.input, args.output, opts, _auto(args.actors, int), _auto(args.num_cpus, float),
                         args.val_fraction, args.sync_filter, args.overwrite)
-    from pipelines.cli import connect
+    from pipelines.cluster import connect
 
     try:
         clips = find_clips(job)

@@ -1,5 +1,6 @@
-"""``lipsync train``: a training recipe on Ray Train. Registered by ``pipelines/cli.py`` through
-``add_parsers``; nothing here imports Ray until the command runs."""
+"""``lipsync train``: a training recipe on Ray Train. Registered with ``lipsync`` through the
+``lipsync.commands`` entry point ``train = pipelines.train_cli:add_parsers`` (pyproject.toml);
+nothing here imports Ray until the command runs."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, overrides)
     if args.num_workers < 1:
         raise ValueError("--num_workers must be >= 1")
-    from pipelines.cli import connect
+    from pipelines.cluster import connect
     from pipelines.train import fit
 
     connect(args.address)

@@ -1,4 +1,6 @@
-"""``lipsync serve``: the HTTP API (and web page) on Ray Serve. Imports no Ray until it runs."""
+"""``lipsync serve``: the HTTP API (and web page) on Ray Serve. Registered with ``lipsync`` through the
+``lipsync.commands`` entry point ``serve = serve.cli:add_parsers`` (pyproject.toml). Imports no Ray
+until it runs."""
 
 from __future__ import annotations
 

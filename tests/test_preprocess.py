@@ -208,13 +208,13 @@ def test_s3_input_and_output(clips, s3_bucket):
 
 def test_empty_input_fails_before_ray(tmp_path, capsys, monkeypatch):
     """A folder with no videos is reported by name without starting or joining a Ray cluster."""
-    import pipelines.cli
+    import pipelines.cluster
     from lipsync.cli import main
 
     def no_ray(address):
         raise AssertionError("Ray was started for an input with no videos")
 
-    monkeypatch.setattr(pipelines.cli, "connect", no_ray)
+    monkeypatch.setattr(pipelines.cluster, "connect", no_ray)
     (tmp_path / "empty").mkdir()
     assert main(["preprocess", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
