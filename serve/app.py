@@ -196,6 +196,20 @@ class LipSyncIngress:
 
         return HTMLResponse(render_page(self.settings))
 
+    @api.get("/examples/{name}", response_class=FileResponse,
+             responses={200: {"content": {"video/mp4": {}, "audio/wav": {}}, "description": "the sample file"},
+                        404: {"description": "not one of the sample files", "content": {"application/json": {}}}},
+             summary="the bundled sample media (the web page's example): face.mp4 or speech.wav")
+    async def example(self, name: str):
+        # Fixed names mapped to the packaged files: a request never names a path.
+        from lipsync.assets import SAMPLE_AUDIO, SAMPLE_VIDEO
+
+        known = {"face.mp4": (SAMPLE_VIDEO, "video/mp4"), "speech.wav": (SAMPLE_AUDIO, "audio/wav")}
+        if name not in known:
+            raise ApiError(404, f"no example {name[:64]!r}; the examples are {', '.join(known)}", "NotFound")
+        path, media_type = known[name]
+        return FileResponse(path, media_type=media_type, filename=name, content_disposition_type="inline")
+
     @api.get("/healthz", summary="health and load of this ingress replica")
     async def healthz(self):
         try:
