@@ -228,11 +228,11 @@ def _prepare_all(manifest: str, out: str, steps: int, shards_path: str) -> dict:
     from lipsync.pipeline import GenerateOptions
     from lipsync.pipeline.batch import PrepareVideo, VideoPlan
     from lipsync.pipeline.manifest import load_job_input
-    from lipsync.pipeline.stages import Preparer
+    from lipsync.pipeline.job import JobSetup
 
     torch.set_num_threads(1)
     comps = _components({"audio"})
-    stage = PrepareVideo(Preparer(comps.profile, comps.audio_encoder), 4, detector=FaceDetector(max_faces=8))
+    stage = PrepareVideo(JobSetup(comps.profile, comps.audio_encoder), 4, detector=FaceDetector(max_faces=8))
     job = load_job_input(out, GenerateOptions(num_steps=steps), manifest=manifest)
     t0 = time.perf_counter()
     shards, plans = [], []

@@ -48,27 +48,20 @@ def _add_generate(sub):
     p.add_argument("--checkpoint_dir", default=None,
                    help="folder with the profile's weight files (default pretrained/ for the LatentSync profiles; "
                         "a folder with model_index.json, e.g. a training export, is loaded as is)")
-    p.add_argument("--num_steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance_scale", type=float, default=1.5, help="audio classifier-free guidance (default 1.5)")
-    p.add_argument("--batch_size", type=int, default=1, help="16-frame windows denoised together (default 1)")
-    p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247); same seed, same output")
-    p.add_argument("--face", default="largest",
-                   help="which face to dub: largest (default), N (0 = largest, 1 = next...) or track:ID")
-    p.add_argument("--loop", choices=["pingpong", "repeat", "freeze"], default="pingpong",
-                   help="when the speech is longer than the video: play it back and forth (default), "
-                        "repeat it, or hold the last frame; a longer video is trimmed to the speech")
-    p.add_argument("--silence_gating", action="store_true",
-                   help="keep the mouth closed where the speech is silent (voice activity detection)")
-    p.add_argument("--overlap", type=int, default=None, help="frames shared by consecutive windows (profile default)")
-    p.add_argument("--deepcache", type=int, default=0, metavar="N",
-                   help="DeepCache: run the full UNet every N steps and reuse deep features between (0 = off)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16")
+    from lipsync.options import add_option_flags  # stdlib only: keeps `lipsync --help` fast
+
+    add_option_flags(p)  # every option of lipsync/options.py; not given: the declared default
     p.set_defaults(func=cmd_generate)
 
 
-def _face_arg(value: str):
-    return int(value) if value.isdigit() else value
+def generate_request(args):
+    """The GenerateOptions of a parsed ``lipsync generate``: the declared defaults (None: the
+    profile's) with every option flag given applied."""
+    from lipsync.options import options_from
+
+    return options_from(vars(args))
 
 
 def cmd_generate(args) -> int:
@@ -76,17 +69,14 @@ def cmd_generate(args) -> int:
 
     from tqdm import tqdm
 
-    from lipsync.pipeline import GenerateOptions, LipSyncPipeline
+    from lipsync.pipeline import LipSyncPipeline
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         pipe = LipSyncPipeline.from_profile(args.profile, args.checkpoint_dir, args.device, args.dtype)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    opts = GenerateOptions(num_steps=args.num_steps, guidance_scale=args.guidance_scale, seed=args.seed,
-                           face=_face_arg(args.face), batch_size=args.batch_size, loop=args.loop,
-                           silence_gating=args.silence_gating, overlap=args.overlap,
-                           deepcache_interval=args.deepcache)
+    opts = generate_request(args)
     bar = tqdm(total=None, unit="frame", desc="lip-sync", disable=None)  # None: no bar when not a terminal
 
     def progress(done, total):

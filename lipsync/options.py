@@ -137,7 +137,7 @@ class Option:
         if isinstance(value, bool):
             raise ValueError(f"{self.name}: {value!r} must be {FACE_HELP}")
         if isinstance(value, (int, float)):
-            if value != int(value) or value < 0:
+            if not float(value).is_integer() or value < 0:  # inf and nan too
                 raise ValueError(f"{self.name}: {value!r} must be {FACE_HELP}")
             return int(value)
         s = str(value).strip()

@@ -17,10 +17,6 @@ summary. Exit code: 0 all done, 3 some videos failed (see the results), 1 the jo
 """
 
 
-def _face_arg(value: str):
-    return int(value) if value.isdigit() else value
-
-
 def add_dub_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("dub", help="lip-sync a batch of videos on Ray (manifest or folders)",
                        description=DUB_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,17 +43,21 @@ def dub_arguments(p: argparse.ArgumentParser) -> None:
                    help="Ray cluster to join (auto, host:port, ray://...); default: join the local Ray instance "
                         "if one runs, else start one")
     p.add_argument("--overwrite", action="store_true", help="redo every video, even those already finished")
-    p.add_argument("--num_steps", type=int, default=None, help="denoising steps (default: the profile's, 20)")
-    p.add_argument("--guidance_scale", type=float, default=None, help="audio guidance (default: the profile's, 1.5)")
-    p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247)")
-    p.add_argument("--face", default="largest", help="which face to dub: largest, N or track:ID")
-    p.add_argument("--loop", choices=["pingpong", "repeat", "freeze"], default="pingpong",
-                   help="when the speech outlasts the video (default pingpong)")
-    p.add_argument("--silence_gating", action="store_true", help="mouth closed where the speech is silent")
-    p.add_argument("--overlap", type=int, default=None, help="frames shared by consecutive windows")
-    p.add_argument("--deepcache", type=int, default=0, metavar="N", help="DeepCache interval (0 = off)")
     p.add_argument("--lang", default="en", help="language of text rows without a lang column (default en)")
+    from lipsync.options import REQUEST_OPTIONS, add_option_flags  # stdlib only
+
+    # The job's defaults: a manifest cell of the same name overrides them for its row. batch_size is
+    # not among them: in a job the denoise pool batches windows of any videos (denoise.batch_size).
+    add_option_flags(p, REQUEST_OPTIONS)
     p.set_defaults(func=cmd_dub)
+
+
+def dub_defaults(args):
+    """The job's GenerateOptions from a parsed ``lipsync dub``: the declared defaults (None: the
+    profile's) with every option flag given applied; manifest cells override them per row."""
+    from lipsync.options import REQUEST_OPTIONS, options_from
+
+    return options_from(vars(args), only=REQUEST_OPTIONS)
 
 
 def add_parsers(sub) -> None:
@@ -66,16 +66,13 @@ def add_parsers(sub) -> None:
 
 
 def cmd_dub(args) -> int:
-    from lipsync.pipeline.lipsync_pipeline import GenerateOptions
     from lipsync.pipeline.manifest import load_job_input
 
     if args.videos is not None and args.audios is None:
         raise ValueError("--videos needs --audios (the folder of audio files named like the videos)")
     if args.audios is not None and args.videos is None:
         raise ValueError("--audios goes with --videos (use --manifest otherwise)")
-    defaults = GenerateOptions(num_steps=args.num_steps, guidance_scale=args.guidance_scale, seed=args.seed,
-                               face=_face_arg(args.face), loop=args.loop, silence_gating=args.silence_gating,
-                               overlap=args.overlap, deepcache_interval=args.deepcache)
+    defaults = dub_defaults(args)
     from pipelines.cluster import connect
     from pipelines.dub import DubJob, exit_code, load_config, run_dub
 

@@ -7,10 +7,12 @@ front of the model deployment (``serve/model.py``).
 HTTP surface (OpenAPI docs at ``/docs``):
 
 - ``POST /generate``: multipart ``video`` or ``image``, ``audio`` or ``text`` (+ ``lang``, ``voice``),
-  optional ``num_steps``, ``guidance_scale``, ``seed``, ``face``; answers the mp4 (short inputs).
-- ``POST /jobs`` (same fields) -> 202 ``{"id": ...}``; ``GET /jobs/{id}`` (status, progress, error);
-  ``GET /jobs/{id}/result``; ``DELETE /jobs/{id}``.
-- ``GET /healthz``, ``GET /info``; ``GET /`` the web page in ``web`` mode.
+  and any generation option of ``lipsync/options.py`` by name (``serve/request.py`` makes the
+  fields from the declaration); answers the mp4 (short inputs).
+- ``POST /jobs`` (same fields) -> 202 ``{"id": ...}``; ``GET /jobs/{id}`` (status, progress, error,
+  the job's resolved ``options``); ``GET /jobs/{id}/result``; ``DELETE /jobs/{id}``.
+- ``GET /options`` (the options as declared, with this server's defaults and limits), ``GET /healthz``,
+  ``GET /info``; ``GET /`` the web page in ``web`` mode.
 
 Every error is JSON ``{"detail": "...", "error": "<kind>"}`` with a fitting status code.
 """
@@ -26,23 +28,24 @@ import shutil
 import socket
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from lipsync import __version__
+from lipsync.options import REQUEST_OPTIONS, as_values
 from serve.config import AppSettings, load_settings
 from serve.errors import ApiError
 from serve.limits import BodyLimitMiddleware, configure_body_limits
 from serve.model import LipSyncModel
 from serve.store import JobStore, new_job_id, valid_job_id
-from serve.validate import check_media, check_options, upload_kind
+from serve.request import GenerateForm, generate_form, options_document
+from serve.validate import check_media, check_options, check_speech, upload_kind
 
 logger = logging.getLogger("ray.serve")
 
@@ -86,37 +89,6 @@ async def _validation_error(request: Request, err: RequestValidationError):
 async def _internal_error(request: Request, err: Exception):
     logger.exception("lipsync ingress: unhandled error")
     return JSONResponse({"detail": "internal server error", "error": "InternalError"}, status_code=500)
-
-
-@dataclass
-class GenerateForm:
-    video: UploadFile | None
-    image: UploadFile | None
-    audio: UploadFile | None
-    text: str | None
-    lang: str
-    voice: str | None
-    num_steps: int | None
-    guidance_scale: float | None
-    seed: int | None
-    face: str
-
-
-def generate_form(
-    video: Annotated[UploadFile | None, File(description="face video (mp4, mov, m4v, mkv, webm, avi); "
-                                                         "a still image here is taken as `image`")] = None,
-    image: Annotated[UploadFile | None, File(description="still image with a face (png, jpg, bmp, webp)")] = None,
-    audio: Annotated[UploadFile | None, File(description="driving speech (wav, mp3, flac, m4a, aac, ogg, opus, "
-                                                         "or a video's audio track)")] = None,
-    text: Annotated[str | None, Form(description="text to speak instead of `audio` (offline TTS)")] = None,
-    lang: Annotated[str, Form(description="language of `text`: en, zh, es, fr, de, ...")] = "en",
-    voice: Annotated[str | None, Form(description="TTS voice variant, e.g. m1, f2")] = None,
-    num_steps: Annotated[int | None, Form(description="denoising steps (default: the profile's)")] = None,
-    guidance_scale: Annotated[float | None, Form(description="audio guidance (default 1.5)")] = None,
-    seed: Annotated[int | None, Form(description="random seed; same seed, same output")] = None,
-    face: Annotated[str, Form(description="largest, N (0 = largest) or track:ID")] = "largest",
-) -> GenerateForm:
-    return GenerateForm(video, image, audio, text, lang, voice, num_steps, guidance_scale, seed, face)
 
 
 def _given(upload: UploadFile | None) -> bool:
@@ -220,6 +192,10 @@ class LipSyncIngress:
                 "profile": self.settings.model.profile, "replica": self.actor,
                 "pending_requests": self.pending, "running_jobs_here": len(self.running), "jobs": counts}
 
+    @api.get("/options", summary="the generation options: as declared, with this server's defaults and limits")
+    async def options(self):
+        return await asyncio.to_thread(options_document, self.settings)
+
     @api.get("/info", summary="limits and defaults (what the web page shows)")
     async def info(self):
         lim = self.limits
@@ -289,7 +265,7 @@ class LipSyncIngress:
     @api.get("/jobs/{job_id}", summary="status, progress (0..1) and error of a job")
     async def job_status(self, job_id: str):
         job = await self._job(job_id)
-        return job.public()
+        return {**job.public(), "options": (job.request or {}).get("options", {})}
 
     @api.get("/jobs/{job_id}/result", response_class=FileResponse, responses=MP4_RESPONSE,
              summary="the mp4 of a finished job")
@@ -340,14 +316,8 @@ class LipSyncIngress:
         if _given(form.audio) == (text is not None):
             raise ApiError(400, "give speech as an audio file (field 'audio') or text to speak (field 'text')"
                            if text is None else "give either 'audio' or 'text', not both", "BadRequest")
-        options = check_options(form.num_steps, form.guidance_scale, form.seed, form.face, form.lang,
-                                form.voice or None, text, lim)
-        defaults = self.settings.defaults
-        options["num_steps"] = options["num_steps"] or defaults.num_steps
-        if options["guidance_scale"] is None:
-            options["guidance_scale"] = defaults.guidance_scale
-        if options["seed"] is None:
-            options["seed"] = defaults.seed
+        check_speech(form.lang, form.voice or None, text, lim)
+        options = check_options(form.options, self.settings.defaults.options(), lim)
         uploads = [(face_given[0], getattr(form, face_given[0]))] + ([("audio", form.audio)] if text is None else [])
         inputs, seconds = {}, {}
         for field, upload in uploads:
@@ -360,7 +330,7 @@ class LipSyncIngress:
             raise ApiError(422, f"audio: {seconds['audio']:.1f} s of speech; POST /generate takes up to "
                                 f"{lim.generate_max_seconds:g} s, use POST /jobs for longer inputs", "MediaTooLong")
         return {"inputs": inputs, "text": text, "lang": form.lang or "en", "voice": form.voice or None,
-                "options": options, "speech_seconds": seconds.get("audio")}
+                "options": as_values(options, REQUEST_OPTIONS), "speech_seconds": seconds.get("audio")}
 
     async def _call_model(self, request: dict, on_progress=None) -> dict:
         """Run one generation on a model replica; returns its final event (result or error)."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lipsync.options import REQUEST_OPTIONS, GenerateOptions, options_from
+
 VIDEO_SUFFIXES = [".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"]
 IMAGE_SUFFIXES = [".png", ".jpg", ".jpeg", ".bmp", ".webp"]
 AUDIO_SUFFIXES = [".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"]
@@ -77,14 +79,21 @@ class JobSettings:
     poll_s: float = 0.5
 
 
-@dataclass
-class Defaults:
-    """Generation options when a request does not give them."""
+def _defaults_options(self) -> GenerateOptions:
+    """These defaults as GenerateOptions (each value parsed by the declaration: a bad one is a
+    ValueError naming it)."""
+    return options_from({o.name: getattr(self, o.name) for o in REQUEST_OPTIONS}, only=REQUEST_OPTIONS)
 
-    num_steps: int | None = None  # None: the profile's (20)
-    guidance_scale: float | None = None
-    seed: int = 1247
-    web_num_steps: int = 10  # the web page's slider starts here
+
+# Generation options when a request does not give them: one key per request option of
+# lipsync/options.py (its name, its declared default; None: the profile's), plus the web page's own.
+Defaults = dataclasses.make_dataclass(
+    "Defaults",
+    [*((o.name, Any, field(default=o.default)) for o in REQUEST_OPTIONS),
+     ("web_num_steps", "int | None", field(default=10))],  # the web page's slider starts here
+    namespace={"options": _defaults_options,
+               "__doc__": "Generation options when a request does not give them (lipsync/options.py)."})
+Defaults.__module__ = __name__  # pickled by reference, like the other settings classes
 
 
 @dataclass
@@ -147,6 +156,10 @@ def load_settings(args: dict | AppSettings | None) -> AppSettings:
     settings = args if isinstance(args, AppSettings) else _build(AppSettings, args or {}, "")
     if settings.mode not in ("api", "web"):
         raise ValueError(f"serve settings: mode must be 'api' or 'web', not {settings.mode!r}")
+    try:
+        settings.defaults.options()
+    except ValueError as err:
+        raise ValueError(f"serve settings: defaults.{err}") from None
     for name in ("video_types", "image_types", "audio_types"):
         setattr(settings.limits, name, [s.lower() if s.startswith(".") else "." + s.lower()
                                         for s in getattr(settings.limits, name)])

@@ -23,6 +23,7 @@ from ray import serve
 
 from serve.config import ModelSettings
 from serve.errors import ApiError, describe
+from serve.request import request_options
 
 logger = logging.getLogger("ray.serve")
 
@@ -93,8 +94,6 @@ class LipSyncModel:
             cancel.set()  # the caller went away or we are done: stop the pipeline at its next frame
 
     def _generate(self, request: dict, cancel: threading.Event, post) -> dict:
-        from lipsync.pipeline import GenerateOptions
-
         if cancel.is_set():
             return {"error": ApiError(499, "cancelled before it started").to_dict()}
         work = tempfile.mkdtemp(prefix=self.work_prefix, dir=self.work_root)
@@ -110,10 +109,7 @@ class LipSyncModel:
             output = os.path.join(work, "output.mp4")
             names[output] = "output"
             names[work] = "<tmp>"
-            o = request.get("options", {})
-            options = GenerateOptions(num_steps=o.get("num_steps"), guidance_scale=o.get("guidance_scale"),
-                                      seed=int(o.get("seed", 1247)), face=o.get("face", "largest"),
-                                      batch_size=self.settings.batch_size)
+            options = request_options(request.get("options", {}), self.settings.batch_size)
             last = [0.0]
 
             def progress(done: int, total: int) -> None:

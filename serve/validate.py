@@ -1,5 +1,6 @@
-"""Checks the ingress makes before anything reaches a model replica: accepted types, option
-ranges, media that opens and has the needed stream, duration limits. No Ray import here.
+"""Checks the ingress makes before anything reaches a model replica: accepted types, the
+generation options (parsed by their declaration, lipsync/options.py, then the server's limits),
+media that opens and has the needed stream, duration limits. No Ray import here.
 
 An uploaded file's name is only ever looked at for its suffix (the type); files are stored under
 names the server chooses.
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from lipsync.errors import EmptyMediaError, MediaError, NoAudioStreamError, NoVideoStreamError
+from lipsync.options import REQUEST_OPTIONS, GenerateOptions, options_from
 
 from serve.config import Limits
 from serve.errors import ApiError, describe
@@ -24,7 +27,6 @@ _CONTENT_TYPES = {
     "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/flac": ".flac", "audio/x-flac": ".flac",
     "audio/mp4": ".m4a", "audio/x-m4a": ".m4a", "audio/aac": ".aac", "audio/ogg": ".ogg", "audio/opus": ".opus",
 }
-_FACE = re.compile(r"^(largest|\d{1,3}|track:\d{1,6})$")
 _LANG = re.compile(r"^[A-Za-z]{2,12}([-_][A-Za-z0-9]{1,8}){0,4}$")
 _VOICE = re.compile(r"^[A-Za-z0-9_+-]{1,32}$")
 
@@ -79,23 +81,26 @@ def check_media(path: str, field: str, kind: str, limits: Limits) -> float:
     return duration
 
 
-def check_options(num_steps, guidance_scale, seed, face, lang, voice, text, limits: Limits) -> dict:
-    """Generation options from form values (None: server default). Raises ApiError 400 / 422."""
-    if num_steps is not None and not 1 <= num_steps <= limits.max_num_steps:
-        raise ApiError(400, f"num_steps must be between 1 and {limits.max_num_steps}, got {num_steps}",
-                       "BadOption")
-    if guidance_scale is not None and not 0.0 <= guidance_scale <= 20.0:
-        raise ApiError(400, f"guidance_scale must be between 0 and 20, got {guidance_scale}", "BadOption")
-    if seed is not None and not 0 <= seed < 2**63:
-        raise ApiError(400, f"seed must be a non-negative integer below 2**63, got {seed}", "BadOption")
-    face = (face or "largest").strip()
-    if not _FACE.match(face):
-        raise ApiError(400, "face must be 'largest', a face index (0 = largest) or 'track:ID'", "BadOption")
+def check_options(values: dict[str, Any], defaults: GenerateOptions, limits: Limits) -> GenerateOptions:
+    """A request's generation options: the server's ``defaults`` with every given value of ``values``
+    (keyed by option name; None or empty: not given) parsed and applied by the declaration
+    (``lipsync/options.py``, as the CLI and the dub manifest do), then the server's own limits.
+    Raises ApiError 400 (BadOption) naming the field."""
+    try:
+        options = options_from(values, defaults, REQUEST_OPTIONS)
+    except ValueError as err:
+        raise ApiError(400, str(err), "BadOption") from None
+    if options.num_steps is not None and options.num_steps > limits.max_num_steps:
+        raise ApiError(400, f"num_steps: {options.num_steps} is more than this server allows "
+                            f"(max_num_steps {limits.max_num_steps})", "BadOption")
+    return options
+
+
+def check_speech(lang, voice, text, limits: Limits) -> None:
+    """The text-to-speech fields. Raises ApiError 400 / 422."""
     if lang is not None and not _LANG.match(lang):
         raise ApiError(400, "lang must be a language code such as en, zh, es, pt-br", "BadOption")
     if voice is not None and voice != "" and not _VOICE.match(voice):
         raise ApiError(400, "voice must be a voice variant name such as m1 or f2", "BadOption")
     if text is not None and len(text) > limits.max_text_chars:
         raise ApiError(422, f"text: {len(text)} characters; the limit is {limits.max_text_chars}", "TextTooLong")
-    return {"num_steps": num_steps, "guidance_scale": guidance_scale, "seed": seed,
-            "face": int(face) if face.isdigit() else face}

@@ -106,6 +106,24 @@ def test_generate_reports_missing_weights_and_bad_flags(tmp_path, capsys):
         main(args + ["--image_path", "x.png"])
 
 
+def test_generate_option_flags_are_the_declaration(capsys):
+    """`lipsync generate` takes every option of lipsync/options.py under its declared name, with its
+    declared default (None: the profile's), and a bad value is an argparse error naming the flag."""
+    from lipsync.cli import build_parser, generate_request
+    from lipsync.options import GenerateOptions
+
+    base = ["generate", "--video_path", "v.mp4", "--audio_path", "a.wav", "--output_path", "o.mp4"]
+    parser = build_parser()
+    assert generate_request(parser.parse_args(base)) == GenerateOptions()  # make demo: num_steps/guidance None
+    got = generate_request(parser.parse_args(base + ["--deepcache", "2", "--face", "track:3", "--silence_gating",
+                                                     "--batch_size", "2"]))
+    assert got == GenerateOptions(deepcache_interval=2, face="track:3", silence_gating=True, batch_size=2)
+    for flag, value in (("--face", "left"), ("--loop", "bounce"), ("--num_steps", "0"), ("--seed", "x")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + [flag, value])
+        assert flag in capsys.readouterr().err
+
+
 def test_core_library_has_no_ray_imports():
     """DESIGN.md's layout rule: lipsync/ is the plain library; Ray wiring lives in pipelines/, serve/, jobs/."""
     import ast

@@ -124,7 +124,7 @@ def test_manifest_formats_paths_options_and_row_errors(tmp_path):
         assert seven.id == "7" and seven.text == "hola" and seven.lang == "es" and seven.audio is None
         assert seven.output == str(tmp_path / "out" / "sub" / "seven.mp4")
         assert seven.options.guidance_scale == 1.0 and seven.options.silence_gating
-        assert [(e.id, "num_steps: 'many' is not an integer" in e.message) for e in job.errors][0] == ("bad", True)
+        assert [(e.id, "num_steps: 'many' is not a whole number" in e.message) for e in job.errors][0] == ("bad", True)
         assert job.order == ["x", "7", "bad", "none"]
         assert job.errors[1].id == "none" and "no video or image" in job.errors[1].message
         assert job.ignored_columns == ["extra"]
@@ -190,7 +190,6 @@ def _compare_batch_stages_with_generate(pipe, corpus, tmp_path):
     from lipsync.pipeline.batch import (PrepareVideo, VideoPlan, completed, denoise_shards, finish_video,
                                         fingerprint)
     from lipsync.pipeline.manifest import DubTask
-    from lipsync.pipeline.stages import Preparer
 
     opts = GenerateOptions(num_steps=1, guidance_scale=1.0, seed=3)
     tasks = [DubTask("a", str(tmp_path / "a.mp4"), video=str(corpus / "a" / "video.mp4"),
@@ -198,7 +197,7 @@ def _compare_batch_stages_with_generate(pipe, corpus, tmp_path):
              DubTask("c", str(tmp_path / "c.mp4"), video=str(corpus / "c" / "video.mp4"),
                      audio=str(corpus / "c" / "audio.wav"),
                      options=GenerateOptions(num_steps=1, guidance_scale=1.0, seed=9))]
-    prep = PrepareVideo(Preparer(pipe.profile, pipe.components.audio_encoder), shard_windows=2)
+    prep = PrepareVideo(pipe.setup, shard_windows=2)  # the very setup generate uses
     shards, plans = [], {}
     for t in tasks:
         for item in prep(t):

@@ -185,6 +185,31 @@ def test_health_docs_and_index(service):
     spec = requests.get(service.url("/openapi.json"), timeout=10).json()
     assert {"/generate", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/result", "/healthz"} <= set(spec["paths"])
     assert requests.get(service.url("/"), timeout=10).json()["docs"] == "/docs"  # api mode: no page
+    # Every request option is a field of POST /generate and POST /jobs, documented as --help says it.
+    from lipsync.options import REQUEST_OPTIONS
+
+    for path in ("/generate", "/jobs"):
+        ref = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        fields = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+        for o in REQUEST_OPTIONS:
+            assert fields[o.name]["description"] == o.help_text(), (path, o.name)
+        assert "batch_size" not in fields  # the model deployment's setting, not a request's
+
+
+def test_options_document(service):
+    """GET /options: the declaration, this server's defaults and what a run gets (the web page's source)."""
+    from lipsync.options import REQUEST_OPTIONS
+
+    doc = requests.get(service.url("/options"), timeout=10).json()
+    assert doc["profile"] == "tiny" and doc["profile_values"] == {"num_steps": 20, "guidance_scale": 3.5, "overlap": 4}
+    assert [o["name"] for o in doc["options"]] == [o.name for o in REQUEST_OPTIONS]
+    by_name = {o["name"]: o for o in doc["options"]}
+    steps, seed, loop = by_name["num_steps"], by_name["seed"], by_name["loop"]
+    assert steps["server_default"] is None and steps["effective"] == 20 and steps["maximum"] == 100
+    assert steps["default_text"] == "the profile's" and steps["description"].endswith("(default: the profile's)")
+    assert seed["server_default"] == seed["default"] == seed["effective"] == 1247
+    assert loop["choices"] == ["pingpong", "repeat", "freeze"] and loop["kind"] == "choice"
+    assert doc["web"] == {"num_steps": 1}
     assert_json_error(requests.get(service.url("/nope"), timeout=10), 404)
 
 
@@ -204,12 +229,15 @@ def test_generate_round_trip(service, media, tmp_path):
 
 def test_job_round_trip_image_and_text(service, media, tmp_path):
     r = post(service, "/jobs", {"image": ("face.png", media["image"])},
-             {"text": "Hello there.", "lang": "en", **FAST})
+             {"text": "Hello there.", "lang": "en", **FAST, "seed": "5", "loop": "repeat", "silence_gating": "true"})
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     assert r.headers["location"] == f"/jobs/{job_id}"
     job = wait_job(requests, service, job_id)
     assert job["status"] == "done", job
+    # The job's options as resolved: the fields given, the server's defaults for the others.
+    assert job["options"] == {"num_steps": 1, "guidance_scale": None, "seed": 5, "face": "largest", "loop": "repeat",
+                              "silence_gating": True, "overlap": None, "deepcache": 0}
     progress = [p for s, p in job["_seen"] if s == "running"]
     assert progress == sorted(progress) and job["progress"] == 1.0
     assert job["frames"] == job["frames_total"] > 0 and job["attempts"] == 1
@@ -269,6 +297,10 @@ def test_bad_requests_and_limits(service, media):
         ({"video": v, "audio": a}, {"num_steps": "abc"}, 400, ["num_steps"]),
         ({"video": v, "audio": a}, {"guidance_scale": "99"}, 400, ["guidance_scale"]),
         ({"video": v, "audio": a}, {"face": "../../etc/passwd"}, 400, ["face"]),
+        ({"video": v, "audio": a}, {"num_steps": "500"}, 400, ["num_steps", "max_num_steps 100"]),
+        ({"video": v, "audio": a}, {"loop": "bounce"}, 400, ["loop"]),
+        ({"video": v, "audio": a}, {"overlap": "16"}, 400, ["overlap: 16 must be between 0 and 15"]),
+        ({"video": v, "audio": a}, {"silence_gating": "maybe"}, 400, ["silence_gating"]),
         ({"video": v}, {"text": "hi", "lang": "en; rm -rf"}, 400, ["lang"]),
         ({"video": ("big.mp4", bytes(1_200_000)), "audio": a}, {}, 413, ["too large", "1 MB"]),
     ]

@@ -1,7 +1,9 @@
 """``lipsync eval``: lip-sync, mouth, temporal and reference metrics of one video (docs/eval.md).
 
 One decoding pass over the video (and the reference, in step) tracks the face with the pipeline's
-tracker, aligns crops with the pipeline's alignment, measures flicker outside the regenerated
+tracker, aligns crops with the pipeline's aligner (``lipsync.face.aligner.FaceAligner``: raw landmark
+fits smoothed over time and registered on the upper face, so the SyncNet reads the crops inference
+regenerates and training learns from), measures flicker outside the regenerated
 region and compares with the reference; the SyncNet then scores every 5-frame window against the
 speech shifted by -15..+15 frames.
 """
@@ -75,9 +77,13 @@ def analyze_video(video: str, reference: str | None = None, crop_size: int = 96,
     crops of ``crop_size`` px, flicker outside the regenerated region (the crop's rows below
     ``mask_top``), and SSIM / PSNR against the reference, whole frame and lower-face crop
     (``lower_size`` px crop, rows below ``mask_top``)."""
-    from lipsync.face import FaceDetector, estimate_alignment, lower_face_mask, track_video, warp_to_crop
+    from lipsync.face import FaceAligner, FaceDetector, lower_face_mask, track_video, warp_to_crop
+    from lipsync.face.align import _resample_matrix
     from lipsync.media.video import is_image_path, iter_frames
-    from lipsync.pipeline.frames import face_landmarks
+
+    aligner = FaceAligner(crop_size, aspect)
+    # The lower-face crop for the reference metrics: the same alignment at lower_size px.
+    to_lower = _resample_matrix(lower_size / crop_size)
 
     crop_mask = lower_face_mask(crop_size, top=mask_top).astype(np.uint8)
     has_face, lms, boxes, crops, flicker = [], [], [], [], []
@@ -90,16 +96,16 @@ def analyze_video(video: str, reference: str | None = None, crop_size: int = 96,
     ref_done = False
     ref_count = 0
     frames = iter_frames(video)
-    detector = FaceDetector()
+    detector = FaceDetector(max_faces=8)
     try:
-        for fr, face in track_video(frames, detector):
+        tracked = track_video(frames, detector)
+        for (fr, face), matrix in aligner.aligned(tracked, face_of=lambda t: t[1], index_of=lambda t: t[0].index,
+                                                  image_of=lambda t: t[0].image):
             img = fr.image
             if size is None:
                 size = (img.shape[1], img.shape[0])
-            matrix = None
             if face is not None:
-                matrix = estimate_alignment(face_landmarks(face), crop_size, aspect=aspect)
-                crops.append(warp_to_crop(img, matrix, crop_size))
+                crops.append(aligner.crop(img, matrix))
                 lm = np.asarray(face.landmarks, np.float32)
                 if lm.shape[1] == 2:
                     lm = np.concatenate([lm, np.zeros((len(lm), 1), np.float32)], axis=1)
@@ -142,7 +148,7 @@ def analyze_video(video: str, reference: str | None = None, crop_size: int = 96,
                     outside = ~regions[-1]
                     ref_rows["psnr_outside"].append(M.psnr(img[outside], rimg[outside]) if outside.any() else math.nan)
                     if face is not None:
-                        lm_matrix = estimate_alignment(face_landmarks(face), lower_size, aspect=aspect)
+                        lm_matrix = (to_lower @ np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
                         r0 = int(round(mask_top * lower_size))
                         a = warp_to_crop(img, lm_matrix, lower_size)[r0:]
                         b = warp_to_crop(rimg, lm_matrix, lower_size)[r0:]

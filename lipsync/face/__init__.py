@@ -14,6 +14,7 @@ from lipsync.face.align import (
     warp_landmarks,
     warp_to_crop,
 )
+from lipsync.face.aligner import FaceAligner, face_landmarks
 from lipsync.face.detect import Face, FaceDetector, plan_tiles
 from lipsync.face.landmarks import MESH_TO_68, inter_ocular_distance, mouth_opening, mouth_width, to_68
 from lipsync.face.mask import feather, landmark_mask, lower_face_mask
@@ -22,6 +23,7 @@ from lipsync.face.track import FaceTracker, TrackedFace, select_target, track_vi
 
 __all__ = [
     "Face",
+    "FaceAligner",
     "FaceDetector",
     "FaceTracker",
     "LATENTSYNC_ASPECT",
@@ -32,6 +34,7 @@ __all__ = [
     "TEMPLATE_WEIGHTS",
     "TrackedFace",
     "estimate_alignment",
+    "face_landmarks",
     "feather",
     "fit_similarity",
     "inter_ocular_distance",

@@ -1,7 +1,8 @@
 """The batch job's units of work, without Ray: ``pipelines/dub.py`` runs them in Ray worker pools.
 
-* :class:`PrepareVideo` (CPU, one video at a time): speech + audio features, frames + face track +
-  alignment, windows with aligned crops and audio tokens, grouped into :class:`Shard` s of a few
+* :class:`PrepareVideo` (CPU, one video at a time): the job set up by ``lipsync.pipeline.job``
+  (speech + audio features, frames + face track + alignment, windows with aligned crops and audio
+  tokens, as ``LipSyncPipeline`` does), the windows grouped into :class:`Shard` s of a few
   consecutive windows (the overlap between windows comes with them), then one :class:`VideoPlan`
   (per-frame alignment matrices, source frame count, shard count). Frames are not kept.
 * :func:`denoise_shards` (GPU, any shards of any videos): every window of the shards through the
@@ -10,9 +11,9 @@
 * :func:`finish_video` (CPU, one video): decodes the source again, cross-fades the windows, pastes
   each crop back, encodes with the speech (atomic write), then writes the completion record.
 
-Everything is built from ``lipsync.pipeline.stages``, the stages of ``LipSyncPipeline``. Run in a
-plain loop (prepare every task, ``denoise_shards`` over all shards, ``finish_video`` per task) they
-are the batch job in one process (tests/test_dub.py does that).
+Everything is built from ``lipsync.pipeline.job`` and ``lipsync.pipeline.stages``, the setup and
+stages of ``LipSyncPipeline``. Run in a plain loop (prepare every task, ``denoise_shards`` over all
+shards, ``finish_video`` per task) they are the batch job in one process (tests/test_dub.py does that).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lipsync.errors import LipSyncError, MediaError, NoFaceError
+from lipsync.errors import LipSyncError, MediaError
 from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameSource
 from lipsync.pipeline.inputs import FPS, load_native_audio
+from lipsync.pipeline.job import JobSetup
 from lipsync.pipeline.manifest import DubTask
-from lipsync.pipeline.stages import (CompositeSpec, Compositor, Denoiser, Preparer, WindowInput, composite_spec_of,
-                                     denoise_settings, window_planner)
+from lipsync.pipeline.stages import CompositeSpec, Compositor, Denoiser, WindowInput, composite_spec_of
 from lipsync.pipeline.windows import Window
 
 RECORD_DIR = "_done"
@@ -108,9 +109,9 @@ def describe_error(err: BaseException, task: DubTask | None = None) -> str:
 class PrepareVideo:
     """CPU stage: one task -> its shards, then its plan. Reuse one instance for many videos."""
 
-    def __init__(self, preparer: Preparer, shard_windows: int = 4, detector=None):
-        self.preparer = preparer
-        self.profile = preparer.profile
+    def __init__(self, setup: JobSetup, shard_windows: int = 4, detector=None):
+        self.setup = setup
+        self.profile = setup.profile
         self.shard_windows = max(1, int(shard_windows))
         self._detector = detector
 
@@ -123,33 +124,23 @@ class PrepareVideo:
         return self._detector
 
     def __call__(self, task: DubTask) -> Iterator[Shard | VideoPlan]:
-        from lipsync.media.probe import probe
-        from lipsync.media.uri import is_remote, local_input
-
         t0 = time.perf_counter()
         opts = task.options
-        source_uri = task.source
-        if is_remote(source_uri):
-            probe(source_uri)  # a bad remote file is reported under its URI, not a temp name
-        speech = self.preparer.speech(task.audio, task.text, task.lang, task.voice, opts.silence_gating)
-        n_out = speech.num_frames
-        settings = denoise_settings(self.profile, opts.num_steps, opts.guidance_scale, opts.deepcache_interval)
-        planner = window_planner(self.profile, opts.overlap)
-        matrices = np.full((n_out, 2, 3), np.nan)
-        points = None
-        windows: list[WindowInput] = []
         n_shards = with_face = 0
         spent = 0.0  # time already accounted to yielded shards' preparation
+        with self.setup.open(video=task.video, image=task.image, audio=task.audio, text=task.text, lang=task.lang,
+                             voice=task.voice, options=opts, detector=self.detector) as job:
+            n_out = job.num_frames
+            matrices = np.full((n_out, 2, 3), np.nan)
+            points = None
+            windows: list[WindowInput] = []
 
-        def shard() -> Shard:
-            return Shard(task.id, n_shards, [w.window for w in windows], settings, int(opts.seed),
-                         crops=[w.crops for w in windows], tokens=[w.tokens.numpy() for w in windows],
-                         source=source_uri)
+            def shard() -> Shard:
+                return Shard(task.id, n_shards, [w.window for w in windows], job.settings, int(opts.seed),
+                             crops=[w.crops for w in windows], tokens=[w.tokens.numpy() for w in windows],
+                             source=job.source)
 
-        with local_input(source_uri) as local:
-            source = FrameSource(local, n_out, self.detector, face=opts.face, loop=opts.loop,
-                                 is_image=task.image is not None, name=source_uri)
-            for step in self.preparer.stream(source, speech, planner):
+            for step in job.steps():
                 if step.matrix is not None:
                     matrices[step.item.index] = step.matrix
                     if points is None:
@@ -163,20 +154,16 @@ class PrepareVideo:
                     spent -= time.perf_counter() - pause  # time waiting downstream is not ours
                     n_shards += 1
                     windows = []
-        if with_face == 0:
-            raise NoFaceError(source_uri, "no face found in any frame (nothing to lip-sync)")
+        job.check_faces(with_face)
         if windows:
             yield shard()
             n_shards += 1
-        notes = []
-        if source.n_src is not None and source.n_src < n_out and task.video is not None:
-            notes.append(f"speech ({speech.driving.duration:.2f} s) is longer than the video "
-                         f"({source.n_src / FPS:.2f} s): video looped ({opts.loop})")
+        driving = job.speech.driving
         native = rate = None
         if task.audio is None:  # synthesised speech: small, and costly to make again
-            native, rate = speech.driving.native, speech.driving.native_rate
-        yield VideoPlan(task, n_out, int(source.n_src or 0), task.image is not None, matrices, points, n_shards,
-                        planner.overlap, composite_spec_of(self.profile), with_face, native, rate, notes,
+            native, rate = driving.native, driving.native_rate
+        yield VideoPlan(task, n_out, int(job.frames.n_src or 0), task.image is not None, matrices, points, n_shards,
+                        job.planner.overlap, composite_spec_of(self.profile), with_face, native, rate, job.notes(),
                         time.perf_counter() - t0 + spent)
 
 
@@ -283,11 +270,11 @@ def write_record(output_dir: str, result: Result, task: DubTask | None = None) -
 
 
 def exists(uri: str) -> bool:
-    from lipsync.media.uri import _filesystem, is_remote, local_path
+    from lipsync.media.uri import filesystem, is_remote, local_path
 
     if not is_remote(uri):
         return os.path.isfile(local_path(uri))
-    fs, path = _filesystem(uri)
+    fs, path = filesystem(uri)
     try:
         fs.invalidate_cache(path)
     except Exception:

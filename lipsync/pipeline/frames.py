@@ -29,11 +29,6 @@ class FrameItem:
     face: object | None  # the target face (with .landmarks / .smoothed_landmarks) or None
 
 
-def face_landmarks(face) -> np.ndarray:
-    lm = getattr(face, "smoothed_landmarks", None)
-    return face.landmarks if lm is None else lm
-
-
 def loop_index(j: int, n_src: int, mode: str) -> int:
     if j < n_src:
         return j

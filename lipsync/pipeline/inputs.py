@@ -41,13 +41,10 @@ def load_driving_audio(audio: str | None = None, text: str | None = None, lang: 
         speech = synthesize(text, lang=lang, voice=voice, sample_rate=SAMPLE_RATE)
         return DrivingAudio(speech.samples.astype(np.float32), speech.samples[None].astype(np.float32),
                             SAMPLE_RATE, f"text:{speech.lang}")
-    from lipsync.media.audio import load_audio, load_audio_native
     from lipsync.media.uri import local_input
 
-    with local_input(audio) as path:  # one download for both decodes
-        with _named(path, audio):
-            samples = load_audio(path, SAMPLE_RATE)
-            native, rate = load_audio_native(path)
+    with local_input(audio) as path, renamed_errors(path, audio):  # one download, one decode
+        samples, native, rate = decode_speech(path)
     if len(samples) < SAMPLE_RATE / FPS:
         raise EmptyMediaError(str(audio), f"audio is too short ({len(samples) / SAMPLE_RATE:.3f} s): "
                                           "at least one video frame (40 ms) is needed")
@@ -60,12 +57,60 @@ def load_native_audio(audio: str) -> tuple[np.ndarray, int]:
     from lipsync.media.audio import load_audio_native
     from lipsync.media.uri import local_input
 
-    with local_input(audio) as path, _named(path, audio):
+    with local_input(audio) as path, renamed_errors(path, audio):
         return load_audio_native(path)
 
 
+def decode_speech(path: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """One decoding pass over a local audio (or video) file: (16 kHz mono float32 samples, (channels,
+    n) float32 samples at the file's own rate, that rate). The 16 kHz samples are bit-for-bit what
+    ``load_audio(path)`` gives: libswresample mixes the native chunks down as it would the decoded
+    frames, then soxr resamples the same stream. (Other layouts than mono and stereo, whose mixing
+    depends on the exact channel layout, are decoded a second time by ``load_audio``.)"""
+    import av
+    import soxr
+
+    from lipsync.media.audio import _SOXR_QUALITY, _decoded, load_audio
+
+    chunks: list[np.ndarray] = []
+    mono: list[np.ndarray] = []
+    mixer = stream = None
+    rate = 0
+    layouts = {1: "mono", 2: "stereo"}
+
+    def resampled(pieces):
+        nonlocal stream
+        for piece in pieces:
+            samples = piece.to_ndarray()[0]
+            if rate != SAMPLE_RATE:
+                if stream is None:
+                    stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=_SOXR_QUALITY)
+                samples = stream.resample_chunk(samples)
+            mono.append(samples)
+
+    for chunk, rate in _decoded(path, layout=None):
+        chunks.append(chunk)
+        if len(chunks) == 1 and chunk.shape[0] in layouts:
+            mixer = av.AudioResampler(format="fltp", layout="mono", rate=rate)
+        if mixer is not None:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp",
+                                               layout=layouts[chunk.shape[0]])
+            frame.sample_rate = rate
+            resampled(mixer.resample(frame))
+    if not chunks or sum(c.shape[1] for c in chunks) == 0:
+        raise EmptyMediaError(path, "holds no audio samples")
+    native = np.ascontiguousarray(np.concatenate(chunks, axis=1), dtype=np.float32)
+    if mixer is None:
+        return load_audio(path, SAMPLE_RATE), native, rate
+    resampled(mixer.resample(None))
+    if stream is not None:
+        mono.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    samples = np.concatenate(mono) if mono else np.zeros(0, np.float32)
+    return np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False), native, rate
+
+
 @contextlib.contextmanager
-def _named(local: str, uri: str):
+def renamed_errors(local: str, uri: str):
     """Errors about the downloaded copy of a remote file name the file's URI, not the temp file."""
     from lipsync.errors import MediaError
 

@@ -99,7 +99,8 @@ def read_manifest(uri: str) -> tuple[list[dict], str]:
         raise ManifestError(f"{uri}: cannot read the manifest ({err.problem})") from err
     try:
         if suffix == ".csv":
-            rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+            # A row with more cells than the header keeps them under a named (ignored) column.
+            rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig")), restkey="(cells past the header)"))
         elif suffix in (".jsonl", ".ndjson", ".json"):
             text = data.decode("utf-8-sig").strip()
             if suffix == ".json" and text.startswith("["):
@@ -257,7 +258,7 @@ def _check_id(raw) -> str:
     if _blank(raw):
         raise ValueError("id is empty")
     ident = str(raw).strip()
-    if isinstance(raw, float) and raw == int(raw):
+    if isinstance(raw, float) and raw.is_integer():  # not int(raw): inf has none
         ident = str(int(raw))
     parts = ident.replace("\\", "/").split("/")
     if ident.startswith("/") or any(p in ("", ".", "..") for p in parts):

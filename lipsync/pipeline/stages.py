@@ -4,8 +4,11 @@
 (``pipelines/dub.py``) runs each in its own pool of Ray workers. Both use these classes, so there is
 one implementation of every step:
 
-* :class:`Preparer` (CPU): the driving speech and its audio features; the frames with their tracked
-  target face, aligned to crops; the overlapping windows, each with its crops and audio tokens.
+* preparation (CPU), in two halves: :class:`SpeechFeatures` (the driving speech -> audio features
+  -> per-window audio tokens) and :class:`~lipsync.face.aligner.FaceAligner` (tracked faces ->
+  smoothed, registered alignments -> crops and the composite's crop points). ``lipsync.pipeline.job``
+  sets a job up once (inputs fetched and decoded once, settings, window planner, frames) and streams
+  the two into windows, each with its crops and audio tokens.
 * :class:`Denoiser` (GPU, or CPU): windows -> regenerated crops (VAE encode, DDIM with audio
   guidance, VAE decode), batched, possibly across videos with different settings and seeds.
 * :class:`Compositor` (CPU): cross-fades the overlapping windows and composites each frame's crop
@@ -14,17 +17,15 @@ one implementation of every step:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from lipsync.face import estimate_alignment, lower_face_mask, paste_back, warp_to_crop
-from lipsync.face.composite import COMPOSITE_MODES, composite_person, crop_points
-from lipsync.face.steady import steady_alignments
+from lipsync.face import lower_face_mask, paste_back
+from lipsync.face.composite import COMPOSITE_MODES, composite_person
 from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser, mask_resize_of
-from lipsync.pipeline.frames import FrameItem, face_landmarks
 from lipsync.pipeline.inputs import DrivingAudio, load_driving_audio, voice_activity
 from lipsync.pipeline.windows import Blender, Window, WindowPlanner
 
@@ -49,17 +50,6 @@ class WindowInput:
     window: Window
     crops: np.ndarray  # (F, S, S, 3) uint8 aligned face crops
     tokens: torch.Tensor  # (F, T, D) float32 audio tokens
-
-
-@dataclass
-class PrepareStep:
-    """What :meth:`Preparer.stream` yields per frame (and once more, with ``item=None``, at the end)."""
-
-    item: FrameItem | None  # the frame (None on the final step)
-    matrix: np.ndarray | None  # its 2 x 3 alignment (frame -> crop), None without a face
-    windows: list[WindowInput]  # windows completed by this frame
-    settled: int  # no window yielded later starts before this frame index
-    points: np.ndarray | None = None  # the composite's mesh points in crop coordinates (crop_points)
 
 
 def regen_mask_of(profile) -> np.ndarray:
@@ -120,21 +110,23 @@ def window_planner(profile, overlap: int | None) -> WindowPlanner:
     return WindowPlanner(window, min(overlap, window - 1))
 
 
-class Preparer:
-    """CPU stage: speech -> audio features; frames -> aligned crops; windows with crops + tokens."""
+class SpeechFeatures:
+    """CPU, the speech half of preparation: driving speech -> the audio encoder's features; per
+    window, its audio tokens (silence tokens where silence gating closes the mouth). The face half
+    is :class:`lipsync.face.aligner.FaceAligner`; ``lipsync.pipeline.job`` runs the two together."""
 
-    def __init__(self, profile, audio_encoder):
-        self.profile = profile
+    def __init__(self, audio_encoder):
         self.audio_encoder = audio_encoder
         self._silence_tokens = None
 
-    # -- speech -----------------------------------------------------------------------------
     def encode_audio(self, driving: DrivingAudio) -> torch.Tensor:
         with torch.no_grad():
             return self.audio_encoder.features(driving.samples)
 
     def speech(self, audio: str | None = None, text: str | None = None, lang: str = "en",
                voice: str | None = None, silence_gating: bool = False) -> Speech:
+        """Load the driving speech (an audio file, decoded once, or a text to speak) and encode it;
+        with ``silence_gating``, voice activity per output frame."""
         driving = load_driving_audio(audio, text, lang, voice)
         silent = ~voice_activity(driving.samples, driving.num_frames) if silence_gating else None
         return Speech(driving, self.encode_audio(driving), silent)
@@ -156,52 +148,9 @@ class Preparer:
                 tokens[quiet] = self.silence_tokens().to(tokens)
         return tokens
 
-    # -- frames -----------------------------------------------------------------------------
-    def matrix(self, face) -> np.ndarray:
-        """The face's raw (unsmoothed) alignment, frame -> crop, from its unfiltered landmarks."""
-        return estimate_alignment(face.landmarks, int(self.profile.resolution),
-                                  aspect=float(self.profile.crop_aspect))
-
-    def crop(self, image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        return warp_to_crop(image, matrix, int(self.profile.resolution))
-
-    def aligned(self, items: Iterable, face_of=lambda item: item.face, index_of=lambda item: item.index,
-                image_of=lambda item: item.image, breaks=None) -> Iterator[tuple[object, np.ndarray | None]]:
-        """(item, its alignment or None without a face), in order, a few frames behind the input:
-        landmark fits smoothed over time (lipsync.face.steady), then registered on the upper face's
-        pixels (lipsync.face.register). Inference and preprocessing both cut their crops through
-        this, so the model trains on the crops it will be given."""
-        def raw(item):
-            face = face_of(item)
-            return None if face is None else self.matrix(face)
-
-        return steady_alignments(items, index_of, raw, int(self.profile.resolution), breaks, image_of)
-
-    def stream(self, frames: Iterable[FrameItem], speech: Speech, planner: WindowPlanner) -> Iterator[PrepareStep]:
-        """Align each frame's face and cut windows as soon as their frames are known.
-
-        Crops are kept only while a window still to come may need them, so memory is bounded by
-        the window size (plus the alignment's lookahead), not the video's length.
-        """
-        crops: dict[int, np.ndarray] = {}
-
-        def inputs(windows: list[Window]) -> list[WindowInput]:
-            return [WindowInput(w, np.stack([crops[j] for j in w.frames]),
-                                self.audio_tokens(speech.features, w, speech.silent)) for w in windows]
-
-        last = -1
-        for item, matrix in self.aligned(frames):
-            points = None
-            if matrix is not None:
-                crops[item.index] = self.crop(item.image, matrix)
-                points = crop_points(face_landmarks(item.face), matrix)
-            windows = inputs(planner.push(item.index, matrix is not None))
-            settled = planner.earliest_future_start()
-            for j in [k for k in crops if k < settled]:
-                del crops[j]
-            last = item.index
-            yield PrepareStep(item, matrix, windows, settled, points)
-        yield PrepareStep(None, None, inputs(planner.finish()), last + 1)
+    def window_tokens(self, speech: Speech, window: Window) -> torch.Tensor:
+        """(F, T, D) float32 audio tokens of ``window`` of ``speech``."""
+        return self.audio_tokens(speech.features, window, speech.silent)
 
 
 class Denoiser:
