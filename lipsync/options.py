@@ -70,11 +70,20 @@ class Option:
 
     @property
     def default_text(self) -> str:
-        if self.default is None:
+        return self.value_text(self.default)
+
+    def value_text(self, value: Any) -> str:
+        """How a value of this option reads in help texts: None is "the profile's"."""
+        if value is None:
             return "the profile's"
         if self.kind == "bool":
-            return "on" if self.default else "off"
-        return str(self.default)
+            return "on" if value else "off"
+        return str(value)
+
+    def help_text(self, default: Any = MISSING) -> str:
+        """The help with its default, as ``--help``, the API docs and the web page show it;
+        ``default``: a default other than the declared one (a server's configured default)."""
+        return f"{self.help} (default: {self.value_text(self.default if default is MISSING else default)})"
 
     def parse(self, value: Any) -> Any:
         """The typed value of ``value`` (a string from a flag, a CSV cell or a form, or a JSON value);
@@ -147,6 +156,18 @@ class Option:
             return s
         raise ValueError(f"{self.name}: {value!r} must be {FACE_HELP}")
 
+    @property
+    def values_text(self) -> str:
+        """The values it takes, in words (the README's table)."""
+        if self.kind == "bool":
+            return "on / off"
+        if self.kind == "choice":
+            return ", ".join(self.choices)
+        if self.kind == "face":
+            return "largest, N, track:ID"
+        lo, hi = self.minimum, self.maximum
+        return f"{lo:g} to {hi:g}" if hi is not None and hi < 1e6 else f">= {lo:g}"
+
     def describe(self) -> dict:
         """JSON-ready description (the web page's advanced section, ``GET /options``)."""
         return {"name": self.name, "kind": self.kind, "help": self.help, "default": self.default,
@@ -188,6 +209,15 @@ def as_values(options: GenerateOptions, only: tuple[Option, ...] = OPTIONS) -> d
     return {o.name: getattr(options, o.attr) for o in only}
 
 
+def options_table() -> str:
+    """The options as a Markdown table (README.md "Generation options"; a test keeps the two equal)."""
+    rows = ["| flag / column / field | values | default | what it does |", "| --- | --- | --- | --- |"]
+    for o in OPTIONS:
+        where = "" if o.scope == "request" else " (generate only)"
+        rows.append(f"| `{o.name}`{where} | {o.values_text} | {o.default_text} | {o.help} |")
+    return "\n".join(rows)
+
+
 def add_option_flags(parser: argparse.ArgumentParser, only: tuple[Option, ...] = OPTIONS,
                      defaults: GenerateOptions | None = None) -> None:
     """One ``--name`` flag per option. Flags default to None (not given), so ``options_from(vars(args))``
@@ -195,9 +225,7 @@ def add_option_flags(parser: argparse.ArgumentParser, only: tuple[Option, ...] =
     shown = defaults or GenerateOptions()
     group = parser.add_argument_group("generation options (the same in generate, dub, the API and the web page)")
     for o in only:
-        default = getattr(shown, o.attr)
-        text = o.default_text if default == o.default else str(default)
-        help_text = f"{o.help} (default: {text})"
+        help_text = o.help_text(getattr(shown, o.attr))
         if o.kind == "bool":
             group.add_argument(f"--{o.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif o.kind == "choice":

@@ -2,9 +2,10 @@
 file stem, turned into one :class:`DubTask` per row.
 
 Columns: ``id``; ``video`` (or ``image``); ``audio`` (or ``text`` with ``lang`` / ``language`` and
-optional ``voice``); optional ``output``; optional per-row options ``num_steps``,
-``guidance_scale``, ``seed``, ``face``, ``loop``, ``silence_gating``, ``overlap``, ``deepcache``. An
-empty cell takes the job's default. A row with both ``audio`` and ``text`` is driven by the audio
+optional ``voice``); optional ``output``; optional per-row options, one column per request option of
+``lipsync.options`` (``num_steps``, ``guidance_scale``, ``seed``, ``face``, ``loop``,
+``silence_gating``, ``overlap``, ``deepcache``: the names of the flags). An empty cell takes the
+job's default. A row with both ``audio`` and ``text`` is driven by the audio
 (the text is taken as its transcript, as in ``lipsync synth`` manifests). Other columns are ignored
 (and listed once). Relative media paths are relative to the manifest's folder; a relative
 ``output`` is relative to the job's output directory (default ``<output_dir>/<id>.mp4``).
@@ -21,18 +22,19 @@ import io
 import json
 import os
 import posixpath
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from lipsync.errors import LipSyncError, MediaNotFoundError
 from lipsync.media.uri import is_remote, read_bytes, suffix_of
-from lipsync.pipeline.frames import LOOP_MODES
-from lipsync.options import GenerateOptions
+from lipsync.options import REQUEST_OPTIONS, GenerateOptions, options_from
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus", ".wma"}
 OUTPUT_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv"}
-OPTION_COLUMNS = ("num_steps", "guidance_scale", "seed", "face", "loop", "silence_gating", "overlap", "deepcache")
+# One column per request option, named like its flag. The job-wide batch_size is not a column: the
+# denoise pool batches windows of any videos (an unknown column is listed once and ignored).
+OPTION_COLUMNS = tuple(o.name for o in REQUEST_OPTIONS)
 KNOWN_COLUMNS = {"id", "video", "image", "audio", "text", "lang", "language", "voice", "output", *OPTION_COLUMNS}
 
 
@@ -182,76 +184,9 @@ def _resolve(path: str, base: str | None) -> str:
     return posixpath.join(base, path) if is_remote(base) else os.path.normpath(os.path.join(base, path))
 
 
-def _int(name, v, lo=None):
-    try:
-        f = float(v)
-        if f != int(f):
-            raise ValueError
-        n = int(f)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {v!r} is not an integer") from None
-    if lo is not None and n < lo:
-        raise ValueError(f"{name}: {n} is less than {lo}")
-    return n
-
-
-def _float(name, v, lo=None):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {v!r} is not a number") from None
-    if f != f or (lo is not None and f < lo):
-        raise ValueError(f"{name}: {v!r} must be a number >= {lo}")
-    return f
-
-
-def _bool(name, v):
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "y", "on"):
-        return True
-    if s in ("0", "false", "no", "n", "off"):
-        return False
-    raise ValueError(f"{name}: {v!r} is not true/false")
-
-
-def _face(v):
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return _int("face", v, 0)
-    s = str(v).strip()
-    if s.isdigit():
-        return int(s)
-    if s == "largest" or (s.startswith("track:") and s[6:].isdigit()):
-        return s
-    raise ValueError(f"face: {v!r} must be 'largest', a face index (0 = largest) or 'track:ID'")
-
-
 def row_options(row: dict, defaults: GenerateOptions) -> GenerateOptions:
     """``defaults`` with the row's non-empty option cells applied (ValueError names a bad cell)."""
-    parse = {
-        "num_steps": lambda v: _int("num_steps", v, 1),
-        "guidance_scale": lambda v: _float("guidance_scale", v, 0.0),
-        "seed": lambda v: _int("seed", v),
-        "face": _face,
-        "loop": lambda v: _choice("loop", v, LOOP_MODES),
-        "silence_gating": lambda v: _bool("silence_gating", v),
-        "overlap": lambda v: _int("overlap", v, 0),
-        "deepcache": lambda v: _int("deepcache", v, 0),
-    }
-    field_of = {"deepcache": "deepcache_interval"}
-    changes = {}
-    for col, fn in parse.items():
-        if col in row and not _blank(row[col]):
-            changes[field_of.get(col, col)] = fn(row[col])
-    return replace(defaults, **changes)
-
-
-def _choice(name, v, allowed):
-    s = str(v).strip()
-    if s not in allowed:
-        raise ValueError(f"{name}: {v!r} must be one of {', '.join(allowed)}")
-    return s
+    return options_from(row, defaults, REQUEST_OPTIONS)
 
 
 def _check_id(raw) -> str:
