@@ -63,7 +63,7 @@ class JobSetup:
         ``options``: a ``GenerateOptions`` (None: the defaults); ``detector``: a ``FaceDetector``."""
         from lipsync.media.probe import probe
         from lipsync.media.uri import is_remote, local_input
-        from lipsync.pipeline import GenerateOptions
+        from lipsync.options import GenerateOptions
 
         opts = options or GenerateOptions()
         if (video is None) == (image is None):
