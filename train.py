@@ -113,7 +113,13 @@ def dataset_root(ds: dict, source: str) -> str:
 
 def preprocess_argv(data: dict, source: str) -> list[str]:
     ds = data["dataset"]
-    argv = ["--input", dataset_root(ds, source), "--output", str(ds["shards"])]
+    root = dataset_root(ds, source)
+    train = str(ds["train"])
+    if "://" not in train and not os.path.isdir(train):
+        raise ConfigError(f"{train}: no such folder (from {source}: dataset.train). Lay the clips out as "
+                          "<dataset>/train/videos/NAME.mp4 + <dataset>/train/audios/NAME.wav (and val/ likewise), "
+                          "or point dataset.train and dataset.val at yours")
+    argv = ["--input", root, "--output", str(ds["shards"])]
     for key, value in (data.get("preprocess") or {}).items():
         if key in ("input", "output"):
             raise ConfigError(f"{source}: preprocess.{key}: set dataset.train / dataset.shards instead")
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lipsync-recipe-") as tmp:
         try:  # the whole config is checked before any work starts
             data = load(args.config)
-            pre = preprocess_argv(data, args.config)
+            pre = [] if args.skip_preprocess else preprocess_argv(data, args.config)
             config = recipe_file(data, args.config, tmp)
         except (ConfigError, TrainConfigError) as err:
             print(f"error: {err}", file=sys.stderr)

@@ -97,11 +97,13 @@ def test_train_py_preprocesses_and_trains(tmp_path):
     ({"dataset": {"train": "d/train", "shards": "s"}, "training": "unet_stage1", "extra": 1}, "unknown key 'extra'"),
     ({"dataset": {"train": "d/train", "shards": "s"}, "training": {"recipe": "unet_stage1", "lossx": 1}},
      "unknown key 'lossx'"),
+    ({"dataset": {"train": "elsewhere/train", "shards": "s"}, "training": "unet_stage1"}, "no such folder"),
 ])
 def test_train_py_config_errors(tmp_path, edit, message):
     """A config that cannot run fails at once, naming the file, before any preprocessing."""
     import yaml
 
+    (tmp_path / "d" / "train").mkdir(parents=True)
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(edit))
     proc, _ = _run([str(ROOT / "train.py"), "--config", str(cfg)], tmp_path, 120)
