@@ -21,9 +21,8 @@ import numpy as np
 
 from lipsync.errors import CorruptMediaError, MediaError, MediaNotFoundError, NoFaceError
 from lipsync.eval import metrics as M
+from lipsync.media.formats import FPS, SAMPLE_RATE
 
-FPS = 25.0
-SAMPLE_RATE = 16000
 REPORT_VERSION = 1
 
 

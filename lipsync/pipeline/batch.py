@@ -19,7 +19,6 @@ shards, ``finish_video`` per task) they are the batch job in one process (tests/
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -29,9 +28,11 @@ import numpy as np
 import torch
 
 from lipsync.errors import LipSyncError, MediaError
+from lipsync.media.formats import FPS
+from lipsync.media.uri import exists, remove_stale_partials
 from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameSource
-from lipsync.pipeline.inputs import FPS, load_native_audio
+from lipsync.pipeline.inputs import load_native_audio
 from lipsync.pipeline.job import JobSetup
 from lipsync.pipeline.manifest import DubTask
 from lipsync.pipeline.stages import CompositeSpec, Compositor, Denoiser, WindowInput, composite_spec_of
@@ -269,19 +270,6 @@ def write_record(output_dir: str, result: Result, task: DubTask | None = None) -
     write_bytes(record_uri(output_dir, result.id), json.dumps(data, indent=1).encode())
 
 
-def exists(uri: str) -> bool:
-    from lipsync.media.uri import filesystem, is_remote, local_path
-
-    if not is_remote(uri):
-        return os.path.isfile(local_path(uri))
-    fs, path = filesystem(uri)
-    try:
-        fs.invalidate_cache(path)
-    except Exception:
-        pass
-    return fs.exists(path)
-
-
 def completed(output_dir: str, task: DubTask) -> Result | None:
     """The recorded result if ``task``'s output was finished by an earlier run (its record names
     the same output and fingerprint, and the output is still there), else None."""
@@ -300,27 +288,6 @@ def completed(output_dir: str, task: DubTask) -> Result | None:
     fields = {k: data.get(k) for k in Result.__dataclass_fields__}
     fields["status"] = "skipped"
     return Result(**fields)
-
-
-def remove_stale_partials(output: str) -> None:
-    """Delete temporary files a killed earlier attempt left beside ``output`` (``atomic_output``
-    names them ``.<stem>.<random>.partial<suffix>``), so an interrupted job leaves no debris."""
-    from lipsync.media.uri import is_remote, local_path
-
-    if is_remote(output):
-        return  # remote outputs are staged in a local temp dir and uploaded in one request
-    final = os.path.abspath(local_path(output))
-    directory, base = os.path.split(final)
-    stem, suffix = os.path.splitext(base)
-    if not os.path.isdir(directory):
-        return
-    for name in os.listdir(directory):
-        if name.startswith(f".{stem}.") and name.endswith(f".partial{suffix}") and \
-                len(name) == len(f".{stem}.") + 12 + len(f".partial{suffix}"):
-            try:
-                os.remove(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
 
 
 def results_table(results: list[Result]):

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipsync.errors import EmptyMediaError
+from lipsync.media.formats import FPS, SAMPLE_RATE
 
-FPS = 25.0
-SAMPLE_RATE = 16000
 
 
 @dataclass

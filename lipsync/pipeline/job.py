@@ -31,7 +31,8 @@ from lipsync.errors import NoFaceError
 from lipsync.face.aligner import FaceAligner
 from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameItem, FrameSource
-from lipsync.pipeline.inputs import FPS, renamed_errors
+from lipsync.media.formats import FPS
+from lipsync.pipeline.inputs import renamed_errors
 from lipsync.pipeline.stages import SpeechFeatures, Speech, WindowInput, denoise_settings, window_planner
 from lipsync.pipeline.windows import Window, WindowPlanner
 

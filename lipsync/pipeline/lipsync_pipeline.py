@@ -25,7 +25,8 @@ import torch
 from lipsync.options import GenerateOptions
 from lipsync.pipeline.components import Components, load_components, save_folder
 from lipsync.pipeline.frames import FrameItem
-from lipsync.pipeline.inputs import FPS, DrivingAudio
+from lipsync.media.formats import FPS
+from lipsync.pipeline.inputs import DrivingAudio
 from lipsync.pipeline.job import JobSetup
 from lipsync.pipeline.stages import Compositor, Denoiser, WindowInput, composite_spec_of, regen_mask_of
 from lipsync.pipeline.windows import Window

@@ -20,8 +20,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts")
-AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus")
+from lipsync.media.formats import AUDIO_SUFFIXES, VIDEO_SUFFIXES
+
 SPLIT_DIRS = ("train", "val", "test")
 
 
@@ -39,17 +39,15 @@ class ClipTask:
 
 
 def _fs(uri: str):
+    """(filesystem, root path, protocol prefix to put back on listed paths)."""
     import fsspec
-    from fsspec.core import split_protocol
 
-    from lipsync.media.uri import local_path, storage_options
+    from lipsync.media.uri import filesystem, is_remote, local_path
 
-    protocol, _ = split_protocol(uri)
-    if protocol in (None, "file", "local"):
+    if not is_remote(uri):
         return fsspec.filesystem("file"), os.path.abspath(local_path(uri)), ""
-    options = storage_options() if protocol in ("s3", "s3a") else {}
-    fs, path = fsspec.core.url_to_fs(uri, **options)
-    return fs, path.rstrip("/"), f"{protocol}://"
+    fs, path = filesystem(uri)
+    return fs, path.rstrip("/"), uri.split("://", 1)[0] + "://"
 
 
 def _suffix(name: str) -> str:
