@@ -43,6 +43,11 @@ class EmptyMediaError(MediaError):
     """The file decodes but holds zero frames / zero samples / zero duration."""
 
 
+class MediaTooLargeError(MediaError):
+    """The file claims more than this project will decode: frames over the pixel limit or a
+    stream over the duration limit (``lipsync.media.limits``), refused before decoding."""
+
+
 class NoFaceError(MediaError):
     """A face was required (e.g. a corpus portrait) but none was found. Videos never raise this
     for single frames: frames without a face pass through untouched."""
@@ -51,6 +56,20 @@ class NoFaceError(MediaError):
 class CheckpointError(LipSyncError):
     """A weight file that is missing, corrupt, unsafe or does not fit the model.
     ``str(err)`` is ``"<path>: <problem>"``."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem)
+
+
+class StorageError(LipSyncError):
+    """A read or write that the storage refused or could not finish: a full disk, or an object
+    store still failing (5xx, throttling, dropped connections) after the retries.
+    ``str(err)`` is ``"<path or URI>: <problem>"``; no partial output is left under the name."""
 
     def __init__(self, path: str, problem: str):
         self.path = str(path)

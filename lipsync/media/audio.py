@@ -12,13 +12,16 @@ import numpy as np
 import soundfile
 import soxr
 
-from lipsync.errors import CorruptMediaError, EmptyMediaError, NoAudioStreamError
-from lipsync.media.containers import audio_stream, open_media
+from lipsync.errors import CorruptMediaError, EmptyMediaError, MediaTooLargeError, NoAudioStreamError
+from lipsync.media.containers import audio_stream, check_claims, open_media
+from lipsync.media.limits import max_seconds
 from lipsync.media.uri import UriLike, atomic_output, local_input
 
 # soxr "HQ" is librosa's default (res_type="soxr_hq"): transparent for speech features.
 _SOXR_QUALITY = "HQ"
 _MAX_CHANNELS = 64
+_MIN_RATE = 1000  # below telephone quality by far: a damaged header (1 Hz would need hours of output)
+_MAX_RATE = 768_000  # the highest rate of real recording gear; FFmpeg's WAV reader takes any
 # Decoded samples past the stream's announced duration are dropped up to this many seconds.
 _PADDING_S = 0.25
 
@@ -35,9 +38,10 @@ def _decoded(uri: UriLike, layout: str | None) -> Iterator[tuple[np.ndarray, int
     """
     name = os.fspath(uri)
     with local_input(name) as path, open_media(path, name) as container:
-        stream = audio_stream(container)
+        stream = audio_stream(container, name)
         if stream is None:
             raise NoAudioStreamError(name, "has no audio stream")
+        check_claims(container, name, (stream,))
         stream.thread_type = "AUTO"
         announced = None
         if stream.duration and stream.time_base is not None:
@@ -54,6 +58,9 @@ def _decoded(uri: UriLike, layout: str | None) -> Iterator[tuple[np.ndarray, int
                     if frame is None:
                         break
                     rate = frame.sample_rate
+                    if not _MIN_RATE <= rate <= _MAX_RATE:
+                        raise CorruptMediaError(name, f"audio sample rate {rate} Hz is not usable")
+                    ceiling = int(max_seconds() * rate)  # the header may understate the length
                     resampler = av.AudioResampler(
                         format="fltp", layout=layout or frame.layout.name, rate=rate
                     )
@@ -65,6 +72,10 @@ def _decoded(uri: UriLike, layout: str | None) -> Iterator[tuple[np.ndarray, int
                         held.append(chunk[:, keep:])
                         chunk = chunk[:, :keep]
                     position += chunk.shape[1]
+                    if position > ceiling:
+                        raise MediaTooLargeError(
+                            name, f"audio longer than the limit of {max_seconds() / 3600:g} hours "
+                                  "(LIPSYNC_MAX_MEDIA_SECONDS)")
                     if chunk.shape[1]:
                         yield chunk, rate
         except av.error.FFmpegError as err:

@@ -17,7 +17,7 @@ from lipsync.errors import (
     MediaNotFoundError,
     UnsupportedFormatError,
 )
-
+from lipsync.media.limits import check_pixels, check_seconds
 
 
 def looks_like_text(path: str) -> bool:
@@ -51,7 +51,8 @@ def open_error(path: str, name: str, err: Exception) -> MediaError:
 def open_media(path: str, name: str) -> Iterator[av.container.InputContainer]:
     """Open ``path`` for demuxing; errors name ``name`` (the URI the caller gave)."""
     try:
-        container = av.open(path, mode="r")
+        # Tags in another encoding than UTF-8 (or damaged ones) must not make a file unreadable.
+        container = av.open(path, mode="r", metadata_errors="replace")
     except (av.error.FFmpegError, OSError) as err:
         raise open_error(path, name, err) from err
     try:
@@ -63,21 +64,54 @@ def open_media(path: str, name: str) -> Iterator[av.container.InputContainer]:
         container.close()
 
 
-def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    """The first real video stream; cover art in audio files (attached pictures) does not count."""
+def video_stream(
+    container: av.container.InputContainer, name: str | None = None
+) -> av.video.stream.VideoStream | None:
+    """The first real video stream; cover art in audio files (attached pictures) does not count.
+
+    A stream in a codec FFmpeg has no decoder for (PyAV gives it no codec context) is skipped;
+    when it is the only one, UnsupportedFormatError names ``name`` (None: no stream is returned).
+    """
+    undecodable = False
     for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:
-            return stream
+        if stream.disposition & av.stream.Disposition.attached_pic:
+            continue
+        if stream.codec_context is None:
+            undecodable = True
+            continue
+        return stream
+    if undecodable and name is not None:
+        raise UnsupportedFormatError(name, "its video stream is in a codec that cannot be decoded")
     return None
 
 
-def audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
-    """The audio stream flagged default (the main language track), else the first one."""
-    streams = container.streams.audio
+def audio_stream(
+    container: av.container.InputContainer, name: str | None = None
+) -> av.audio.stream.AudioStream | None:
+    """The audio stream flagged default (the main language track), else the first one; streams
+    without a decoder are skipped as in :func:`video_stream`."""
+    streams = [s for s in container.streams.audio if s.codec_context is not None]
+    if not streams and container.streams.audio and name is not None:
+        raise UnsupportedFormatError(name, "its audio stream is in a codec that cannot be decoded")
     for stream in streams:
         if stream.disposition & av.stream.Disposition.default:
             return stream
     return streams[0] if streams else None
+
+
+def check_claims(container: av.container.InputContainer, name: str, streams) -> None:
+    """MediaTooLargeError when the header claims frames over the pixel limit or a duration over
+    the time limit (``lipsync.media.limits``), before anything is decoded."""
+    if container.duration and container.duration > 0:
+        check_seconds(name, container.duration / av.time_base, "a duration")
+    for stream in streams:
+        if stream is None:
+            continue
+        if stream.duration and stream.time_base is not None:
+            check_seconds(name, float(stream.duration * stream.time_base), f"a {stream.type} stream")
+        ctx = stream.codec_context
+        if stream.type == "video" and ctx is not None:
+            check_pixels(name, ctx.width, ctx.height, "frames")
 
 
 def _legacy_rotate_tag(stream) -> int:

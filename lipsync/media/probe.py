@@ -12,11 +12,13 @@ import numpy as np
 from lipsync.errors import CorruptMediaError, EmptyMediaError, UnsupportedFormatError
 from lipsync.media.containers import (
     audio_stream,
+    check_claims,
     display_rotation,
     open_media,
     video_stream,
 )
 from lipsync.media.formats import IMAGE_SUFFIXES
+from lipsync.media.limits import check_pixels, check_seconds
 from lipsync.media.uri import UriLike, local_input, suffix_of
 from lipsync.media.video import decode_image
 
@@ -93,7 +95,11 @@ def _probe_av(path: str, name: str) -> MediaInfo:
         vstream = video_stream(container)
         astream = audio_stream(container)
         if vstream is None and astream is None:
+            # Only streams in codecs without a decoder: say so (else: no streams at all).
+            video_stream(container, name)
+            audio_stream(container, name)
             raise UnsupportedFormatError(name, "holds no audio or video stream")
+        check_claims(container, name, (vstream, astream))
         format_name = container.format.name
         container_duration = container.duration / av.time_base if container.duration else 0.0
         needs_scan = not container_duration or any(
@@ -108,6 +114,7 @@ def _probe_av(path: str, name: str) -> MediaInfo:
     duration = container_duration or max(i.duration for i in (video, audio) if i is not None)
     if duration <= 0 or (video is not None and video.num_frames == 0 and audio is None):
         raise EmptyMediaError(name, "zero duration")
+    check_seconds(name, duration, "a duration")
     return MediaInfo(
         path=name, format=format_name, duration=float(duration),
         video=video, audio=audio, is_image=False,
@@ -168,6 +175,7 @@ def _first_frame_geometry(path: str, name: str, index: int) -> tuple[int, int, i
         width, height, rotation = stream.codec_context.width, stream.codec_context.height, 0
         try:
             for frame in container.decode(stream):
+                check_pixels(name, frame.width, frame.height, "frames")
                 width, height, rotation = frame.width, frame.height, display_rotation(frame, stream)
                 break
         except av.error.FFmpegError as err:

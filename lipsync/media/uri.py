@@ -8,17 +8,25 @@ into place only when complete, so a crash never leaves a half-written file under
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import random
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import fsspec
 from fsspec.core import split_protocol
 
-from lipsync.errors import MediaNotFoundError
+from lipsync.errors import MediaNotFoundError, StorageError
+
+logger = logging.getLogger("lipsync.media")
+T = TypeVar("T")
 
 _LOCAL_PROTOCOLS = {None, "file", "local"}
 # The S3 settings of a driver's environment that Ray workers need too: they may run on other
@@ -121,6 +129,83 @@ def list_files(folder: UriLike) -> list[str]:
     return sorted(f"{protocol}://{e['name']}" for e in entries if e.get("type") == "file")
 
 
+# -- storage faults ----------------------------------------------------------------------------
+# A remote read or write that fails transiently (HTTP 5xx, throttling, a dropped connection) is
+# tried this many times in all, waiting LIPSYNC_IO_BACKOFF_S, then twice that, ... (capped at
+# _BACKOFF_MAX_S, with jitter) in between. s3fs and botocore already retry each request a few
+# times; this covers an outage longer than their few hundred milliseconds, and any other fsspec
+# filesystem. The last failure becomes a StorageError naming the URI.
+DEFAULT_ATTEMPTS = 4
+DEFAULT_BACKOFF_S = 1.0
+_BACKOFF_MAX_S = 20.0
+_EREMOTEIO = getattr(errno, "EREMOTEIO", errno.EIO)
+# What s3fs makes of 5xx answers (InternalError -> EREMOTEIO, SlowDown / ServiceUnavailable ->
+# EBUSY, unknown codes -> EIO) and of network trouble.
+_TRANSIENT_ERRNOS = {errno.EIO, _EREMOTEIO, errno.EBUSY, errno.EAGAIN, errno.ECONNRESET, errno.ECONNABORTED,
+                     errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                     errno.ENETDOWN}
+_THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                     "TooManyRequestsException", "RequestTimeout", "InternalError", "ServiceUnavailable",
+                     "BandwidthLimitExceeded", "RequestThrottled"}
+# Untranslated client-library errors (botocore, aiohttp, urllib3) that mean the network failed.
+_NETWORK_ERROR_NAMES = {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
+                        "ConnectTimeoutError", "HTTPClientError", "ResponseStreamingError", "IncompleteReadError",
+                        "ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError", "ClientOSError",
+                        "ProtocolError"}
+# A full disk or quota: retrying does not help, and the message says what to free.
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a storage error may go away when the request is repeated."""
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        FileExistsError)):
+        return False
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in _TRANSIENT_ERRNOS
+    response = getattr(err, "response", None)  # botocore ClientError
+    if isinstance(response, dict):
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        code = (response.get("Error") or {}).get("Code")
+        return (isinstance(status, int) and (status >= 500 or status == 429)) or code in _THROTTLING_CODES
+    return any(c.__name__ in _NETWORK_ERROR_NAMES for c in type(err).__mro__)
+
+
+def retrying(uri: str, action: str, operation: Callable[[], T]) -> T:
+    """``operation()``, repeated with backoff while it fails transiently (:func:`is_transient`);
+    StorageError naming ``uri`` when the last attempt fails too. Other errors pass through."""
+    attempts = max(1, int(_env_float("LIPSYNC_IO_ATTEMPTS", DEFAULT_ATTEMPTS)))
+    backoff = _env_float("LIPSYNC_IO_BACKOFF_S", DEFAULT_BACKOFF_S)
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation()
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            if attempt == attempts:
+                raise StorageError(uri, f"{action} failed {attempts} times, the storage still answers "
+                                        f"{type(err).__name__}: {err}") from err
+            delay = min(backoff * 2 ** (attempt - 1), _BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
+            logger.warning("%s: %s failed (%s: %s); try %d of %d in %.1f s", uri, action, type(err).__name__,
+                           err, attempt + 1, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _full_disk(uri: str, err: OSError) -> StorageError:
+    return StorageError(uri, f"cannot write: {os.strerror(err.errno)} ({type(err).__name__}); free some space "
+                             "and run again (nothing was written under this name)")
+
+
 @contextlib.contextmanager
 def local_input(uri: UriLike, suffix: str | None = None) -> Iterator[str]:
     """Yield a local path holding the content of ``uri``.
@@ -142,7 +227,7 @@ def local_input(uri: UriLike, suffix: str | None = None) -> Iterator[str]:
         local = os.path.join(tmpdir, "input" + (suffix if suffix is not None else suffix_of(text)))
         try:
             fs, path = filesystem(text)
-            fs.get_file(path, local)
+            retrying(text, "download", lambda: fs.get_file(path, local))
         except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
             problem = f"cannot read object ({type(err).__name__}: {err})"
             raise MediaNotFoundError(text, problem) from err
@@ -199,25 +284,44 @@ def atomic_output(uri: UriLike) -> Iterator[str]:
         tmpdir = tempfile.mkdtemp(prefix="lipsync-out-")
         try:
             tmp = os.path.join(tmpdir, "output" + suffix_of(text))
-            yield tmp
+            try:
+                yield tmp
+            except OSError as err:
+                if err.errno in _FULL_ERRNOS:  # the local staging folder is full
+                    raise _full_disk(text, err) from err
+                raise
             fs, path = filesystem(text)
-            fs.put_file(tmp, path)
+            try:
+                # One PUT (or a multipart upload completed at the end): the object appears whole
+                # or not at all, so repeating it is safe.
+                retrying(text, "upload", lambda: fs.put_file(tmp, path))
+            except StorageError:
+                raise
+            except Exception as err:
+                raise StorageError(text, f"cannot upload ({type(err).__name__}: {err})") from err
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         return
 
     final = os.path.abspath(local_path(text))
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = _temp_name_beside(final)
-    # Created with mode 0o666 so the umask applies as for any ordinary file (mkstemp would
-    # leave the result readable by its owner only).
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = _temp_name_beside(final)
+        # Created with mode 0o666 so the umask applies as for any ordinary file (mkstemp would
+        # leave the result readable by its owner only).
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as err:
+        if err.errno in _FULL_ERRNOS:
+            raise _full_disk(text, err) from err
+        raise StorageError(text, f"cannot create the output ({type(err).__name__}: {err})") from err
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
+            raise _full_disk(text, err) from err
         raise
 
 
@@ -235,9 +339,11 @@ def read_bytes(uri: UriLike) -> bytes:
             with open(local_path(text), "rb") as f:
                 return f.read()
         fs, path = filesystem(text)
-        return fs.cat_file(path)
+        return retrying(text, "read", lambda: fs.cat_file(path))
     except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
         raise MediaNotFoundError(text, f"cannot read ({type(err).__name__})") from err
+    except OSError as err:
+        raise StorageError(text, f"cannot read ({type(err).__name__}: {err})") from err
 
 
 _filesystem = filesystem  # TEMPORARY: callers being migrated to filesystem()

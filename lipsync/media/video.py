@@ -9,23 +9,38 @@ from dataclasses import dataclass
 
 import av
 import av.error
-import cv2
 import numpy as np
+
+from lipsync.media import limits as _limits
+
+# OpenCV's own ceiling on decoded image size (read once, when cv2 is first imported): the
+# header check in decode_image is the real guard, this one catches formats it cannot parse.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(_limits.max_pixels()))
+import cv2  # noqa: E402
 
 from lipsync.errors import (
     CorruptMediaError,
     EmptyMediaError,
     MediaNotFoundError,
+    MediaTooLargeError,
     NoVideoStreamError,
     UnsupportedFormatError,
 )
 from lipsync.media.containers import (
+    check_claims,
     looks_like_text,
     open_media,
     upright,
     video_stream,
 )
 from lipsync.media.formats import IMAGE_SUFFIXES
+from lipsync.media.limits import (
+    check_pixels,
+    check_seconds,
+    image_header_size,
+    max_pixels,
+    png_problem,
+)
 from lipsync.media.uri import UriLike, local_input, suffix_of
 
 # A source frame whose timestamp is within this many seconds after an output instant still counts
@@ -57,14 +72,28 @@ def read_image(uri: UriLike) -> np.ndarray:
 def decode_image(path: str, name: str) -> np.ndarray:
     """:func:`read_image` of the local file ``path``; errors name ``name``."""
     try:
+        size = os.path.getsize(path)
+        # No image within the pixel limit needs more than this (an uncompressed 16-bit RGBA BMP).
+        if size > 8 * max_pixels() + (1 << 20):
+            raise MediaTooLargeError(name, f"{size} bytes is more than any image within the pixel limit "
+                                           "(LIPSYNC_MAX_PIXELS) takes; refused before reading")
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise MediaNotFoundError(name, f"cannot read ({type(err).__name__})") from err
     if data.size == 0:
         raise EmptyMediaError(name, "file is empty (0 bytes)")
+    problem = png_problem(data.data)
+    if problem is not None:
+        raise CorruptMediaError(name, problem)
+    claimed = image_header_size(data[:1 << 16].tobytes())
+    if claimed is not None:
+        check_pixels(name, claimed[0], claimed[1], "an image")
     # imdecode (unlike imread) copes with non-ASCII paths everywhere; IMREAD_COLOR applies the
     # EXIF orientation and turns grey, palette and alpha images into 3 channels.
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as err:  # some decoders throw instead of returning None
+        raise CorruptMediaError(name, f"cannot decode image ({err.err or 'OpenCV error'})") from err
     if image is None:
         if looks_like_text(path):
             raise UnsupportedFormatError(name, "not an image (it holds text)")
@@ -103,9 +132,10 @@ def _decode(
     path: str, name: str, fps: float | None, max_frames: int | None
 ) -> Iterator[VideoFrame]:
     with open_media(path, name) as container:
-        stream = video_stream(container)
+        stream = video_stream(container, name)
         if stream is None:
             raise NoVideoStreamError(name, "has no video stream")
+        check_claims(container, name, (stream,))
         stream.thread_type = "AUTO"
         source = _Source(container, stream, name)
         frames = _native(source) if fps is None else _resample(source, float(fps))
@@ -139,6 +169,7 @@ class _Source:
         try:
             for frame in self.container.decode(self.stream):
                 self.decoded += 1
+                check_pixels(self.name, frame.width, frame.height, "frames")
                 stamp = frame.pts if frame.pts is not None else frame.dts
                 if stamp is not None and frame.time_base is not None:
                     t = float(stamp * frame.time_base)
@@ -150,6 +181,8 @@ class _Source:
                 if last is not None and t <= last:
                     # Broken or repeated timestamps: keep decode order, nudge forward.
                     t = last + 1e-6
+                # A timestamp jump of hours would have the resampler repeat a frame that long.
+                check_seconds(self.name, t, "a frame timestamp")
                 last = t
                 duration = self.default_interval
                 if frame.duration and frame.time_base is not None:
@@ -239,9 +272,10 @@ def sample_frames(uri: UriLike, times: list[float]) -> list[VideoFrame]:
         return [VideoFrame(index=0, time=0.0, image=image) for _ in times[:1]]
     out: list[VideoFrame] = []
     with local_input(name) as path, open_media(path, name) as container:
-        stream = video_stream(container)
+        stream = video_stream(container, name)
         if stream is None:
             raise NoVideoStreamError(name, "has no video stream")
+        check_claims(container, name, (stream,))
         tb = stream.time_base
         start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
         for t in sorted(times):
@@ -280,9 +314,10 @@ def read_frame_range(uri: UriLike, start: int, stop: int, fps: float = 25.0) -> 
                 for k in range(start, stop)]
     out: list[VideoFrame] = []
     with local_input(name) as path, open_media(path, name) as container:
-        stream = video_stream(container)
+        stream = video_stream(container, name)
         if stream is None:
             raise NoVideoStreamError(name, "has no video stream")
+        check_claims(container, name, (stream,))
         stream.thread_type = "AUTO"
         tb = stream.time_base
         origin = float(stream.start_time * tb) if stream.start_time is not None else 0.0
