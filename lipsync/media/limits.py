@@ -50,7 +50,7 @@ def check_pixels(name: str, width: int | None, height: int | None, what: str = "
     limit = max_pixels()
     if width * height > limit:
         raise MediaTooLargeError(
-            name, f"{what} of {width} x {height} pixels are over the limit of {limit / 1e6:g} Mpx "
+            name, f"claims {what} of {width} x {height} pixels, over the limit of {limit / 1e6:g} Mpx "
                   "(LIPSYNC_MAX_PIXELS); refused before decoding")
 
 
@@ -61,7 +61,7 @@ def check_seconds(name: str, seconds: float | None, what: str = "a duration") ->
     limit = max_seconds()
     if seconds > limit:
         raise MediaTooLargeError(
-            name, f"{what} of {seconds / 3600:.1f} hours is over the limit of {limit / 3600:g} hours "
+            name, f"claims {what} of {seconds / 3600:.1f} hours, over the limit of {limit / 3600:g} hours "
                   "(LIPSYNC_MAX_MEDIA_SECONDS)")
 
 

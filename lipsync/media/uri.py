@@ -3,6 +3,10 @@
 Decoders and encoders (PyAV, OpenCV, soundfile) want real files, so remote objects are staged
 through temporary files. Outputs are always written under a temporary name and moved or uploaded
 into place only when complete, so a crash never leaves a half-written file under the final name.
+
+Storage faults: a remote read or write failing transiently (5xx, throttling, a reset connection) is
+retried with backoff (:func:`retrying`) and then raises StorageError naming the URI; a full disk
+(ENOSPC) is a StorageError too, with the older file of that name left as it was.
 """
 
 from __future__ import annotations
