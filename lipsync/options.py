@@ -19,13 +19,15 @@ from typing import Any
 
 DEFAULT_SEED = 1247
 LOOP_MODES = ("pingpong", "repeat", "freeze")
+NO_FACE_POLICIES = ("error", "passthrough")
 FACE_HELP = "'largest', a face index (0 = largest, 1 = next ...) or 'track:ID'"
 
 
 def _option(default, help: str, *, kind: str, name: str | None = None, minimum: float | None = None,
-            maximum: float | None = None, choices: tuple[str, ...] = (), scope: str = "request"):
+            maximum: float | None = None, choices: tuple[str, ...] = (), scope: str = "request",
+            unset: str = "the profile's"):
     meta = {"kind": kind, "help": help, "name": name, "minimum": minimum, "maximum": maximum,
-            "choices": tuple(choices), "scope": scope}
+            "choices": tuple(choices), "scope": scope, "unset": unset}
     return field(default=default, metadata={"option": meta})
 
 
@@ -50,6 +52,10 @@ class GenerateOptions:
     deepcache_interval: int = _option(0, "DeepCache: run the full UNet every N steps and reuse its deep "
                                          "features in between (0 = off)", kind="int", name="deepcache",
                                       minimum=0, maximum=1000)
+    no_face: str | None = _option(
+        None, "when no frame has a face: fail (error), or write the video, frames untouched, with the new "
+              "speech (passthrough; the result says no_face)", kind="choice", choices=NO_FACE_POLICIES,
+        unset="error in generate and the API, passthrough in dub")
     # How many windows are denoised at once: speed and memory only, never the frames. A whole job's
     # setting in batch dubbing (its pools say how much is batched), not a manifest column.
     batch_size: int = _option(1, "16-frame windows denoised together (speed and memory, not the result)",
@@ -67,15 +73,16 @@ class Option:
     maximum: float | None
     choices: tuple[str, ...]
     scope: str  # request: per video / row / request; job: one value for a whole batch job
+    unset: str = "the profile's"  # what None (not given) means, in words
 
     @property
     def default_text(self) -> str:
         return self.value_text(self.default)
 
     def value_text(self, value: Any) -> str:
-        """How a value of this option reads in help texts: None is "the profile's"."""
+        """How a value of this option reads in help texts: None is ``unset`` ("the profile's")."""
         if value is None:
-            return "the profile's"
+            return self.unset
         if self.kind == "bool":
             return "on" if value else "off"
         return str(value)
@@ -181,7 +188,7 @@ def _declared() -> tuple[Option, ...]:
         m = f.metadata["option"]
         out.append(Option(m["name"] or f.name, f.name, m["kind"], m["help"],
                           None if f.default is MISSING else f.default, m["minimum"], m["maximum"], m["choices"],
-                          m["scope"]))
+                          m["scope"], m.get("unset", "the profile's")))
     return tuple(out)
 
 
