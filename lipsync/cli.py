@@ -53,6 +53,9 @@ def _add_generate(sub):
     from lipsync.options import add_option_flags  # stdlib only: keeps `lipsync --help` fast
 
     add_option_flags(p)  # every option of lipsync/options.py; not given: the declared default
+    from lipsync.input_limits import add_limit_flags  # stdlib only
+
+    add_limit_flags(p)  # --max_seconds, --max_pixels
     p.set_defaults(func=cmd_generate)
 
 
@@ -66,6 +69,10 @@ def generate_request(args):
 
 def cmd_generate(args) -> int:
     import warnings
+
+    from lipsync.input_limits import apply_limits
+
+    apply_limits(args)  # before any media module reads them
 
     from tqdm import tqdm
 

@@ -19,6 +19,7 @@ shards, ``finish_video`` per task) they are the batch job in one process (tests/
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -29,11 +30,11 @@ import torch
 
 from lipsync.errors import LipSyncError, MediaError
 from lipsync.media.formats import FPS
-from lipsync.media.uri import exists, remove_stale_partials
+from lipsync.media.uri import exists, join, remove_stale_partials
 from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameSource
 from lipsync.pipeline.inputs import load_native_audio
-from lipsync.pipeline.job import JobSetup
+from lipsync.pipeline.job import NO_FACE_NOTE, JobSetup
 from lipsync.pipeline.manifest import DubTask
 from lipsync.pipeline.stages import CompositeSpec, Compositor, Denoiser, WindowInput, composite_spec_of
 from lipsync.pipeline.windows import Window
@@ -78,6 +79,11 @@ class VideoPlan:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0  # preparation time
     where: str = ""
+    no_face: bool = False  # no frame had a face and the policy is passthrough: the frames go out as they are
+
+
+STATUSES = ("ok", "no_face", "skipped", "error")
+WRITTEN = ("ok", "no_face")  # statuses whose output was written by this run
 
 
 @dataclass
@@ -85,7 +91,7 @@ class Result:
     """One row of the job's results table."""
 
     id: str
-    status: str  # ok | skipped | error
+    status: str  # ok | no_face | skipped | error (STATUSES)
     output: str | None = None
     error: str | None = None
     frames: int | None = None
@@ -155,7 +161,8 @@ class PrepareVideo:
                     spent -= time.perf_counter() - pause  # time waiting downstream is not ours
                     n_shards += 1
                     windows = []
-        job.check_faces(with_face)
+        # No face anywhere: NoFaceError (an error row), or, by default in dub, passthrough.
+        no_face = job.check_faces(with_face, default="passthrough")
         if windows:
             yield shard()
             n_shards += 1
@@ -163,9 +170,10 @@ class PrepareVideo:
         native = rate = None
         if task.audio is None:  # synthesised speech: small, and costly to make again
             native, rate = driving.native, driving.native_rate
+        notes = job.notes() + ([NO_FACE_NOTE] if no_face else [])
         yield VideoPlan(task, n_out, int(job.frames.n_src or 0), task.image is not None, matrices, points, n_shards,
-                        job.planner.overlap, composite_spec_of(self.profile), with_face, native, rate, job.notes(),
-                        time.perf_counter() - t0 + spent)
+                        job.planner.overlap, composite_spec_of(self.profile), with_face, native, rate, notes,
+                        time.perf_counter() - t0 + spent, no_face=no_face)
 
 
 def denoise_shards(denoiser: Denoiser, shards: list[Shard], max_batch: int | None = None) -> list[Shard]:
@@ -194,7 +202,9 @@ def finish_video(plan: VideoPlan, shards: list[Shard], output_dir: str | None = 
                  extra: dict | None = None) -> Result:
     """Paste the regenerated crops back into the source frames (decoded again), encode with the
     speech and write the output atomically; then, if ``output_dir`` is given, the completion
-    record. ``evaluator(output, task) -> float | None`` fills ``sync_score``."""
+    record. ``evaluator(output, task) -> float | None`` fills ``sync_score``. A plan without a face
+    (``plan.no_face``, no shards) writes the source frames untouched with the speech: status
+    ``no_face``."""
     from lipsync.media.uri import local_input
     from lipsync.media.writer import VideoWriter
 
@@ -219,7 +229,7 @@ def finish_video(plan: VideoPlan, shards: list[Shard], output_dir: str | None = 
                 compositor.add(*pending.pop())
             m = plan.matrices[item.index]
             frame, done = compositor.frame(item.index, item.image, None if np.isnan(m[0, 0]) else m,
-                                           plan.points[item.index])
+                                           None if plan.points is None else plan.points[item.index])
             pasted += done
             writer.write(frame)
         if writer.frames_written != plan.n_out:
@@ -233,7 +243,7 @@ def finish_video(plan: VideoPlan, shards: list[Shard], output_dir: str | None = 
               "denoise": {"s": round(sum(sh.seconds for sh in shards), 3),
                           "nodes": sorted({sh.where for sh in shards if sh.where})},
               "finish": {"s": round(finish_s, 3), "node": (extra or {}).get("node", "")}}
-    result = Result(task.id, "ok", task.output, None, plan.n_out, pasted, plan.n_out / FPS,
+    result = Result(task.id, "no_face" if plan.no_face else "ok", task.output, None, plan.n_out, pasted, plan.n_out / FPS,
                     plan.seconds + sum(sh.seconds for sh in shards) + finish_s, score, json.dumps(stages),
                     "; ".join(plan.notes) or None)
     if output_dir is not None:
@@ -243,9 +253,44 @@ def finish_video(plan: VideoPlan, shards: list[Shard], output_dir: str | None = 
 
 # -- completion records and results ------------------------------------------------------------
 def record_uri(output_dir: str, ident: str) -> str:
-    from lipsync.pipeline.manifest import join_uri
+    return join(output_dir, RECORD_DIR, urllib.parse.quote(ident, safe="") + ".json")
 
-    return join_uri(join_uri(output_dir, RECORD_DIR), urllib.parse.quote(ident, safe="") + ".json")
+
+_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{12}\.partial(?P<suffix>\.[^.]*)?$")
+
+
+def sweep_partials(output_dir: str, tasks: list[DubTask]) -> int:
+    """Delete the temporary files (``.<name>.<12 hex>.partial<ext>``, see ``lipsync.media.uri``) that
+    writers killed with an earlier run of this job left beside its outputs, completion records and
+    results table, so nothing half-written stays visible under the output prefix. Local outputs
+    only (remote ones are staged outside the bucket and uploaded whole). One listing per folder.
+    Returns how many were deleted."""
+    import os
+
+    from lipsync.media.uri import is_remote, local_path
+
+    finals: dict[str, set[str]] = {}
+    uris = [t.output for t in tasks] + [record_uri(output_dir, t.id) for t in tasks]
+    uris.append(join(output_dir, RESULTS_FILE))
+    for uri in uris:
+        if uri and not is_remote(uri):
+            folder, name = os.path.split(os.path.abspath(local_path(uri)))
+            finals.setdefault(folder, set()).add(name)
+    removed = 0
+    for folder, names in finals.items():
+        try:
+            listing = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in listing:
+            m = _PARTIAL.match(entry)
+            if m and m.group("stem") + (m.group("suffix") or "") in names:
+                try:
+                    os.remove(os.path.join(folder, entry))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def fingerprint(task: DubTask, model: str) -> str:
@@ -282,7 +327,7 @@ def completed(output_dir: str, task: DubTask) -> Result | None:
         data = json.loads(read_bytes(uri))
     except (LipSyncError, ValueError):
         return None  # unreadable record: do the work again
-    if (data.get("output") != task.output or data.get("status") != "ok"
+    if (data.get("output") != task.output or data.get("status") not in WRITTEN
             or data.get("fingerprint", "") != task.fingerprint or not exists(task.output)):
         return None
     fields = {k: data.get(k) for k in Result.__dataclass_fields__}
@@ -308,11 +353,10 @@ def write_results(output_dir: str, results: list[Result]) -> str:
     import pyarrow.parquet as pq
 
     from lipsync.media.uri import write_bytes
-    from lipsync.pipeline.manifest import join_uri
 
     buf = io.BytesIO()
     pq.write_table(results_table(results), buf)
-    uri = join_uri(output_dir, RESULTS_FILE)
+    uri = join(output_dir, RESULTS_FILE)
     write_bytes(uri, buf.getvalue())
     return uri
 
@@ -331,10 +375,11 @@ def format_summary(results: list[Result], elapsed: float, results_uri: str | Non
     widths[-1] = 0
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [line(head), line(["-" * w if w else "-" * 14 for w in widths])] + [line(x) for x in rows]
-    n = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "error")}
-    frames = sum(r.frames or 0 for r in results if r.status == "ok")
+    n = {s: sum(r.status == s for r in results) for s in STATUSES}
+    frames = sum(r.frames or 0 for r in results if r.status in WRITTEN)
     rate = f", {frames / elapsed:.2f} frames/s" if elapsed > 0 and frames else ""
-    out.append(f"{len(results)} videos: {n['ok']} done, {n['skipped']} already done (skipped), "
+    no_face = f", {n['no_face']} without a face (passed through)" if n["no_face"] else ""
+    out.append(f"{len(results)} videos: {n['ok']} done{no_face}, {n['skipped']} already done (skipped), "
                f"{n['error']} failed; {frames} frames in {elapsed:.1f} s{rate}")
     if results_uri:
         out.append(f"results: {results_uri}")

@@ -9,7 +9,7 @@ the server's model replicas run) and the batch job's prepare stage (``PrepareVid
     with setup.open(video=..., audio=..., options=opts, detector=detector) as job:
         for step in job.steps():          # frames, aligned, cut into windows with crops + tokens
             ...
-        job.check_faces(frames_with_face)  # NoFaceError when no frame had a face
+        job.check_faces(frames_with_face)  # no face anywhere: NoFaceError, or True (passthrough)
     job.notes()                            # e.g. "video looped"
 
 Opening a job: the driving speech is loaded (an audio file is fetched once and decoded once for
@@ -35,6 +35,17 @@ from lipsync.media.formats import FPS
 from lipsync.pipeline.inputs import renamed_errors
 from lipsync.pipeline.stages import SpeechFeatures, Speech, WindowInput, denoise_settings, window_planner
 from lipsync.pipeline.windows import Window, WindowPlanner
+
+
+NO_FACE_NOTE = "no_face: no face in any frame; the source frames, untouched, with the new speech (no_face=passthrough)"
+
+
+def no_face_policy(options, default: str = "error") -> str:
+    """The job's ``no_face`` policy: its option, or ``default`` (the entry point's) when not given."""
+    policy = getattr(options, "no_face", None) or default
+    if policy not in ("error", "passthrough"):
+        raise ValueError(f"no_face: {policy!r} must be error or passthrough")
+    return policy
 
 
 @dataclass
@@ -126,10 +137,19 @@ class Job:
             yield PrepareStep(item, matrix, windows, settled, points)
         yield PrepareStep(None, None, inputs(planner.finish()), last + 1)
 
-    def check_faces(self, frames_with_face: int) -> None:
-        """A job whose frames never had a face is an error, not a copy of its input."""
-        if frames_with_face == 0:
-            raise NoFaceError(self.source, "no face found in any frame (nothing to lip-sync)")
+    def check_faces(self, frames_with_face: int, default: str = "error") -> bool:
+        """What to do when no frame had a face, by the job's ``no_face`` option (None: ``default``,
+        the entry point's: error in generate and the API, passthrough in dub). ``error``: raise
+        NoFaceError (nothing is written). ``passthrough``: return True, and the caller writes the
+        source frames untouched with the new speech (its result says ``no_face``). False when a
+        face was found."""
+        if frames_with_face > 0:
+            return False
+        policy = no_face_policy(self.options, default)
+        if policy == "passthrough":
+            return True
+        raise NoFaceError(self.source, "no face found in any frame (nothing to lip-sync; --no_face passthrough "
+                                       "writes the video with the new speech instead)")
 
     def notes(self) -> list[str]:
         """What the job's result should tell its user (call after :meth:`steps` ran)."""

@@ -27,7 +27,7 @@ from lipsync.pipeline.components import Components, load_components, save_folder
 from lipsync.pipeline.frames import FrameItem
 from lipsync.media.formats import FPS
 from lipsync.pipeline.inputs import DrivingAudio
-from lipsync.pipeline.job import JobSetup
+from lipsync.pipeline.job import NO_FACE_NOTE, JobSetup
 from lipsync.pipeline.stages import Compositor, Denoiser, WindowInput, composite_spec_of, regen_mask_of
 from lipsync.pipeline.windows import Window
 from lipsync.profiles import load_profile
@@ -160,7 +160,9 @@ class LipSyncPipeline:
                     pending = []
                 flush(min([step.settled] + [w.window.start for w in pending]))
             flush(n_out)
-            # The atomic writer drops the output: a clip with no face anywhere is an error, not a copy.
-            job.check_faces(state["with_face"])
+            # No face anywhere, by the no_face policy (default here: error): NoFaceError, and the atomic
+            # writer drops the output; or passthrough: the frames, untouched, with the new speech.
+            no_face = job.check_faces(state["with_face"], default="error")
+        notes = job.notes() + ([NO_FACE_NOTE] if no_face else [])
         return GenerateResult(output, n_out, state["with_face"], n_out / FPS, time.perf_counter() - t0,
-                              self.components.random_init, job.notes())
+                              self.components.random_init, notes)
