@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lipsync.media.formats import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from lipsync.options import REQUEST_OPTIONS, GenerateOptions, options_from
 
-VIDEO_SUFFIXES = [".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"]
-IMAGE_SUFFIXES = [".png", ".jpg", ".jpeg", ".bmp", ".webp"]
-AUDIO_SUFFIXES = [".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"]
 
 
 @dataclass
@@ -48,6 +46,9 @@ class IngressSettings:
     num_replicas: int = 1
     num_cpus: float = 0.1
     max_ongoing_requests: int = 200  # HTTP requests per replica; admission control is ours (limits)
+    # HTTP requests waiting in the Serve proxy for an ingress replica (all max_ongoing_requests busy);
+    # more -> 503 + Retry-After from the proxy itself
+    max_queued_requests: int = 100
     health_check_period_s: float = 10.0
 
 
@@ -62,6 +63,9 @@ class Limits:
     image_types: list[str] = field(default_factory=lambda: list(IMAGE_SUFFIXES))
     audio_types: list[str] = field(default_factory=lambda: list(AUDIO_SUFFIXES))  # plus video_types
     max_pending_requests: int = 8  # POST /generate running or waiting per ingress replica; more -> 503
+    # request bodies of POST /generate and POST /jobs being received at once per ingress replica; more -> 503
+    # (a slow uploader holds one of these, never a generation slot, and never blocks other requests)
+    max_uploads: int = 32
     retry_after_s: int = 10
     request_timeout_s: float = 600.0  # POST /generate end to end; past it -> 504
     upload_idle_timeout_s: float = 60.0  # no body bytes for this long -> 408
@@ -97,6 +101,20 @@ Defaults.__module__ = __name__  # pickled by reference, like the other settings 
 
 
 @dataclass
+class AccessSettings:
+    """Who may call the API (``serve/access.py``)."""
+
+    # Required on every route but /healthz, the page and the API docs: `Authorization: Bearer KEY` or
+    # `X-API-Key: KEY`. null: $LIPSYNC_API_KEY, else no key (anyone who reaches the port may call it).
+    api_key: str | None = None
+    # The key's SHA-256 (hex) instead of the key itself (kept out of the config); build_app stores only this.
+    api_key_sha256: str | None = None
+    # Origins whose pages may call the API from a browser (CORS), e.g. ["https://app.example.com"];
+    # empty: no CORS headers, and cross-origin POST/DELETE requests are refused (403).
+    cors_origins: list[str] = field(default_factory=list)
+
+
+@dataclass
 class AppSettings:
     mode: str = "web"  # api: the HTTP API; web: the API plus the page at /
     state_dir: str | None = None  # jobs.sqlite, job inputs and results, request temp files
@@ -105,6 +123,7 @@ class AppSettings:
     limits: Limits = field(default_factory=Limits)
     jobs: JobSettings = field(default_factory=JobSettings)
     defaults: Defaults = field(default_factory=Defaults)
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,6 +167,7 @@ _NESTED = {
     (AppSettings, "limits"): Limits,
     (AppSettings, "jobs"): JobSettings,
     (AppSettings, "defaults"): Defaults,
+    (AppSettings, "access"): AccessSettings,
 }
 
 
@@ -160,10 +180,35 @@ def load_settings(args: dict | AppSettings | None) -> AppSettings:
         settings.defaults.options()
     except ValueError as err:
         raise ValueError(f"serve settings: defaults.{err}") from None
+    acc = settings.access
+    if isinstance(acc.cors_origins, str):
+        acc.cors_origins = [o.strip() for o in acc.cors_origins.split(",") if o.strip()]
+    acc.cors_origins = [o.rstrip("/") for o in acc.cors_origins or []]
+    if acc.api_key is not None and not str(acc.api_key).strip():
+        raise ValueError("serve settings: access.api_key is empty (leave it out for no key)")
+    if acc.api_key_sha256 is not None and not (len(acc.api_key_sha256) == 64 and all(
+            c in "0123456789abcdef" for c in acc.api_key_sha256.lower())):
+        raise ValueError("serve settings: access.api_key_sha256 must be 64 hex digits (sha256 of the key)")
+    for name, minimum in (("max_pending_requests", 1), ("max_uploads", 1), ("retry_after_s", 0)):
+        if int(getattr(settings.limits, name)) < minimum:
+            raise ValueError(f"serve settings: limits.{name} must be at least {minimum}")
+    if int(settings.jobs.max_queued) < 1:
+        raise ValueError("serve settings: jobs.max_queued must be at least 1")
     for name in ("video_types", "image_types", "audio_types"):
         setattr(settings.limits, name, [s.lower() if s.startswith(".") else "." + s.lower()
                                         for s in getattr(settings.limits, name)])
     return settings
+
+
+def resolve_api_key(access: AccessSettings) -> str | None:
+    """The SHA-256 of the API key in force: ``access.api_key``, else ``$LIPSYNC_API_KEY``, else
+    ``access.api_key_sha256``; None: no key."""
+    import hashlib
+
+    key = access.api_key or os.environ.get("LIPSYNC_API_KEY") or None
+    if key is not None and key.strip():
+        return hashlib.sha256(key.strip().encode()).hexdigest()
+    return access.api_key_sha256.lower() if access.api_key_sha256 else None
 
 
 def merge(base: dict, override: dict) -> dict:

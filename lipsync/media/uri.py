@@ -349,5 +349,3 @@ def read_bytes(uri: UriLike) -> bytes:
     except OSError as err:
         raise StorageError(text, f"cannot read ({type(err).__name__}: {err})") from err
 
-
-_filesystem = filesystem  # TEMPORARY: callers being migrated to filesystem()

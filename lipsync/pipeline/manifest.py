@@ -25,13 +25,10 @@ import posixpath
 from dataclasses import dataclass, field
 
 from lipsync.errors import LipSyncError, MediaNotFoundError
-from lipsync.media.uri import is_remote, read_bytes, suffix_of
+from lipsync.media.formats import AUDIO_SUFFIXES, IMAGE_SUFFIXES, OUTPUT_SUFFIXES, VIDEO_SUFFIXES
+from lipsync.media.uri import is_remote, join, list_files, read_bytes, suffix_of
 from lipsync.options import REQUEST_OPTIONS, GenerateOptions, options_from
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus", ".wma"}
-OUTPUT_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv"}
 # One column per request option, named like its flag. The job-wide batch_size is not a column: the
 # denoise pool batches windows of any videos (an unknown column is listed once and ignored).
 OPTION_COLUMNS = tuple(o.name for o in REQUEST_OPTIONS)
@@ -127,20 +124,10 @@ def read_manifest(uri: str) -> tuple[list[dict], str]:
 
 
 def _list_dir(uri: str) -> list[str]:
-    """Files directly in a folder (local or remote), as URIs/paths."""
-    if is_remote(uri):
-        from lipsync.media.uri import _filesystem
-
-        fs, path = _filesystem(uri)
-        try:
-            entries = fs.ls(path, detail=True)
-        except (FileNotFoundError, PermissionError) as err:
-            raise ManifestError(f"{uri}: cannot list the folder ({type(err).__name__})") from err
-        proto = uri.split("://", 1)[0]
-        return sorted(f"{proto}://{e['name']}" for e in entries if e.get("type") == "file")
-    if not os.path.isdir(uri):
-        raise ManifestError(f"{uri}: no such folder")
-    return sorted(os.path.join(uri, n) for n in os.listdir(uri) if os.path.isfile(os.path.join(uri, n)))
+    try:
+        return list_files(uri)
+    except MediaNotFoundError as err:  # the job's input as a whole is unusable
+        raise ManifestError(str(err)) from None
 
 
 def _stem(uri: str) -> str:
@@ -151,10 +138,10 @@ def _stem(uri: str) -> str:
 def pair_folders(videos: str, audios: str) -> tuple[list[dict], list[str]]:
     """Rows pairing each video (or image) in ``videos`` with the audio of the same stem in
     ``audios``; a video without its audio becomes a row that fails with a clear message."""
-    media = [u for u in _list_dir(videos) if suffix_of(u) in VIDEO_SUFFIXES | IMAGE_SUFFIXES]
+    media = [u for u in _list_dir(videos) if suffix_of(u) in VIDEO_SUFFIXES + IMAGE_SUFFIXES]
     sounds = {}
     for u in _list_dir(audios):
-        if suffix_of(u) in AUDIO_SUFFIXES | VIDEO_SUFFIXES:
+        if suffix_of(u) in AUDIO_SUFFIXES + VIDEO_SUFFIXES:
             sounds.setdefault(_stem(u), u)
     if not media:
         raise ManifestError(f"{videos}: no video or image files in the folder")
@@ -201,10 +188,6 @@ def _check_id(raw) -> str:
     return ident
 
 
-def join_uri(base: str, name: str) -> str:
-    return posixpath.join(base, name) if is_remote(base) else os.path.join(base, name)
-
-
 def build_tasks(rows: list[dict], output_dir: str, defaults: GenerateOptions, base: str | None = None,
                 lang: str = "en", source: str = "manifest") -> JobInput:
     """One task per row; rows that cannot run become RowErrors. Duplicate ids or outputs are a
@@ -226,7 +209,7 @@ def build_tasks(rows: list[dict], output_dir: str, defaults: GenerateOptions, ba
                                 "ids must be unique")
         seen_ids[ident] = n
         out = row.get("output")
-        output = (join_uri(output_dir, f"{ident}.mp4") if _blank(out) else
+        output = (join(output_dir, f"{ident}.mp4") if _blank(out) else
                   _resolve(str(out), output_dir))
         key = output if is_remote(output) else os.path.abspath(output)
         if key in seen_out:
