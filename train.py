@@ -20,21 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lipsync.options import bool_flag
+
 HERE = Path(__file__).resolve().parent
 SECTIONS = {"dataset": ("train", "val", "shards"), "preprocess": None, "training": None}
 
 
 class ConfigError(ValueError):
     pass
-
-
-def _bool(value: str) -> bool:
-    v = str(value).strip().lower()
-    if v in ("1", "true", "yes", "y", "on"):
-        return True
-    if v in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log_dir", default="logs", help="TensorBoard logs go to <log_dir>/<name>/ (default logs/)")
     p.add_argument("--save_dir", default="checkpoints",
                    help="checkpoints and the exported model go to <save_dir>/<name>/ (default checkpoints/)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, type=_bool, metavar="True|False",
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=bool_flag, metavar="True|False",
                    help="continue the run <save_dir>/<name> from its latest checkpoint (default False: an "
                         "existing run is an error)")
     p.add_argument("--max_steps", type=int, default=None, help="override the recipe's train.max_steps")

@@ -7,8 +7,8 @@ class LipSyncError(Exception):
     """Base class of every error this project raises on purpose."""
 
 
-class MediaError(LipSyncError):
-    """A media file that cannot be used. ``str(err)`` is ``"<path>: <problem>"``."""
+class PathError(LipSyncError):
+    """An error about one file or URI. ``str(err)`` is ``"<path>: <problem>"``."""
 
     def __init__(self, path: str, problem: str):
         self.path = str(path)
@@ -17,6 +17,10 @@ class MediaError(LipSyncError):
 
     def __reduce__(self):  # picklable, so the error survives a trip between processes (Ray workers)
         return type(self), (self.path, self.problem)
+
+
+class MediaError(PathError):
+    """A media file that cannot be used."""
 
 
 class MediaNotFoundError(MediaError):
@@ -53,31 +57,14 @@ class NoFaceError(MediaError):
     for single frames: frames without a face pass through untouched."""
 
 
-class CheckpointError(LipSyncError):
-    """A weight file that is missing, corrupt, unsafe or does not fit the model.
-    ``str(err)`` is ``"<path>: <problem>"``."""
-
-    def __init__(self, path: str, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.problem)
+class CheckpointError(PathError):
+    """A weight file that is missing, corrupt, unsafe or does not fit the model."""
 
 
-class StorageError(LipSyncError):
+class StorageError(PathError):
     """A read or write that the storage refused or could not finish: a full disk, or an object
     store still failing (5xx, throttling, dropped connections) after the retries.
-    ``str(err)`` is ``"<path or URI>: <problem>"``; no partial output is left under the name."""
-
-    def __init__(self, path: str, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.problem)
+    No partial output is left under the name."""
 
 
 class SpeechError(LipSyncError):

@@ -23,6 +23,26 @@ NO_FACE_POLICIES = ("error", "passthrough")
 FACE_HELP = "'largest', a face index (0 = largest, 1 = next ...) or 'track:ID'"
 
 
+def parse_bool(value) -> bool:
+    """True / False from a flag, a cell or a form value (1/0, true/false, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("1", "true", "yes", "y", "on"):
+        return True
+    if s in ("0", "false", "no", "n", "off"):
+        return False
+    raise ValueError(f"{value!r} is not true / false")
+
+
+def bool_flag(text: str) -> bool:
+    """argparse ``type=`` for flags written ``--resume True`` / ``--resume False``."""
+    try:
+        return parse_bool(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _option(default, help: str, *, kind: str, name: str | None = None, minimum: float | None = None,
             maximum: float | None = None, choices: tuple[str, ...] = (), scope: str = "request",
             unset: str = "the profile's"):
@@ -134,14 +154,10 @@ class Option:
         return self._bounds(x, value)
 
     def _bool(self, value):
-        if isinstance(value, bool):
-            return value
-        s = str(value).strip().lower()
-        if s in ("1", "true", "yes", "y", "on"):
-            return True
-        if s in ("0", "false", "no", "n", "off"):
-            return False
-        raise ValueError(f"{self.name}: {value!r} is not true / false")
+        try:
+            return parse_bool(value)
+        except ValueError as err:
+            raise ValueError(f"{self.name}: {err}") from None
 
     def _choice(self, value):
         s = str(value).strip()

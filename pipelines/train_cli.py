@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from lipsync.options import bool_flag
+
 DESCRIPTION = """\
 Train one recipe (lipsync/configs/train/*.yaml, by name or path) with Ray Train:
 TorchTrainer workers (DDP: gloo on CPU, NCCL on GPU) read the Parquet shards that
@@ -20,21 +22,12 @@ unet_stage2 (init_from: the stage-1 export, syncnet: the SyncNet export).
 """
 
 
-def _bool(value: str) -> bool:
-    v = str(value).strip().lower()
-    if v in ("1", "true", "yes", "y", "on"):
-        return True
-    if v in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
-
-
 def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="recipe: a shipped one by name (e.g. unet_stage1, see lipsync/configs/train/) or a YAML file")
     p.add_argument("--log_dir", default="logs", help="TensorBoard logs go to <log_dir>/<name>/ (default logs/)")
     p.add_argument("--save_dir", default="checkpoints",
                    help="checkpoints and the export go to <save_dir>/<name>/ (local or s3://; default checkpoints/)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, type=_bool, metavar="True|False",
+    p.add_argument("--resume", nargs="?", const=True, default=False, type=bool_flag, metavar="True|False",
                    help="continue the run <save_dir>/<name> from its latest checkpoint (--resume, --resume True); "
                         "without it an existing run is an error")
     p.add_argument("--num_workers", type=int, default=1, help="training workers (DDP processes; default 1)")
