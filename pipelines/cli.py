@@ -12,8 +12,10 @@ Lip-sync many videos in one job on Ray: CPU workers decode, track and align face
 (or CPU workers on a cluster without GPUs) denoise windows from any videos in batches, CPU workers
 paste back and encode. Input: a manifest (CSV, JSONL or Parquet; columns id, video or image, audio
 or text + lang, optional output and per-row options) or --videos DIR --audios DIR paired by file
-name. A rerun skips outputs already finished. Writes <output_dir>/results.parquet and prints a
-summary. Exit code: 0 all done, 3 some videos failed (see the results), 1 the job could not run.
+name. A rerun skips outputs already finished. A video with no face in any frame is written with the
+new speech, frames untouched (status no_face; --no_face error makes it an error row). Writes
+<output_dir>/results.parquet and prints a summary. Exit code: 0 all done, 3 some videos failed (see
+the results), 1 the job could not run.
 """
 
 
@@ -49,6 +51,9 @@ def dub_arguments(p: argparse.ArgumentParser) -> None:
     # The job's defaults: a manifest cell of the same name overrides them for its row. batch_size is
     # not among them: in a job the denoise pool batches windows of any videos (denoise.batch_size).
     add_option_flags(p, REQUEST_OPTIONS)
+    from lipsync.input_limits import add_limit_flags  # stdlib only
+
+    add_limit_flags(p)  # handed to every worker of the job
     p.set_defaults(func=cmd_dub)
 
 
@@ -73,6 +78,7 @@ def cmd_dub(args) -> int:
     if args.audios is not None and args.videos is None:
         raise ValueError("--audios goes with --videos (use --manifest otherwise)")
     defaults = dub_defaults(args)
+    from lipsync.input_limits import apply_limits
     from pipelines.cluster import connect
     from pipelines.dub import DubJob, exit_code, load_config, run_dub
 
@@ -83,8 +89,9 @@ def cmd_dub(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     if job_input.ignored_columns:
         print(f"note: ignoring manifest columns: {', '.join(job_input.ignored_columns)}", file=sys.stderr)
+    limits = apply_limits(args)  # this process (and a local Ray it starts) and, through DubJob, every worker
     connect(args.address)
-    job = DubJob(args.output_dir, args.profile, args.checkpoint_dir, config, args.overwrite)
+    job = DubJob(args.output_dir, args.profile, args.checkpoint_dir, config, args.overwrite, limits)
     return exit_code(run_dub(job_input, job))
 
 

@@ -19,16 +19,29 @@ Rows between stages are ``{id, kind, index, count, error, payload}`` with ``kind
 ``plan`` / ``error``; ``payload`` is the pickled ``Shard`` / ``VideoPlan``. A failure inside a stage
 becomes an ``error`` row for that video (the others go on); ``max_errored_blocks`` is not used.
 
-Fault tolerance: Ray Data (2.60) creates pool actors with ``max_restarts=-1`` and
-``max_task_retries=-1`` unless told otherwise (``ActorPoolMapOperator._apply_default_remote_args``):
-a killed actor is restarted and its batch run again; duplicates are dropped by the driver, which
-keys shards by (id, index) and finishes each video once. Finish workers are actors too
-(``max_restarts=-1``, ``max_task_retries=finish.retries``): a killed one is restarted and the
-video it was writing is written again (atomically; the stale temp file is removed).
+Fault tolerance (set here, not left to Ray's defaults; every stage is an actor, there are no plain
+tasks to retry: the rows come from ``from_items``, held by the driver):
+
+* Every actor (prepare pool, denoise pool, finish workers) has ``max_restarts=-1``: a worker
+  killed by a preempted node, the OOM killer or a crash is always replaced. Restarts are cheap
+  (they load weights again) and a long job on spot GPUs may lose many, so no budget is put on them.
+* A *call* is retried a bounded number of times when its worker dies under it:
+  ``prepare.retries`` (2; one video per call: the video is prepared again from the start, the
+  rows the dead attempt yielded never reach the next stage), ``denoise.retries`` (3; a batch of
+  shards, denoised again) and ``finish.retries`` (3; the video is written again, atomically). Ray
+  Data's default is ``max_task_retries=-1``: one input that kills its worker every time (a decoder
+  crash, a frame too big for memory) would stop the job forever. Bounded, that input's call fails;
+  ``max_errored_blocks=-1`` lets the job go on without it, and its videos become error rows
+  ("lost: ..."), like a finish call past its retries ("finish failed: ...").
+* Duplicates are harmless: the driver keys shards by (id, index) and hands each video to a finish
+  worker once; a video closed (finished, failed) ignores later rows. A video already written is
+  never denoised or written again in the same run, and not in a rerun (below).
 
 Resume: a rerun skips every row whose completion record (``<output_dir>/_done/<id>.json``, written
 after the output) names the same output, which still exists, made from the same inputs, options
-and model (``batch.fingerprint``); ``overwrite=True`` recomputes everything.
+and model (``batch.fingerprint``); ``overwrite=True`` recomputes everything. A driver killed mid-job
+takes its actors with it: outputs in flight are not renamed into place, and the temporary files
+they leave (``.<name>.<hex>.partial.mp4``) are deleted when the job starts again (and when it ends).
 
 Sync score hook: ``evaluator: "package.module:function"`` in the config names a function
 ``fn(output_uri: str, task: DubTask) -> float | None`` run by the finish worker after the output is
@@ -44,6 +57,7 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 
@@ -51,15 +65,16 @@ from lipsync.configs import CONFIG_DIR
 from lipsync.errors import LipSyncError
 from lipsync.media.uri import ray_runtime_env
 from lipsync.pipeline.batch import (Result, VideoPlan, completed, describe_error, fingerprint, format_summary,
-                                    write_results)
+                                    sweep_partials, write_results)
 from lipsync.pipeline.manifest import DubTask, JobInput
 
 DEFAULT_CONFIG = CONFIG_DIR / "dub.yaml"
 # The configuration's keys and defaults (lipsync/configs/dub.yaml documents each).
 DEFAULTS: dict = {
-    "prepare": {"actors": "auto", "num_cpus": "auto", "shard_windows": 4, "torch_threads": 1},
+    "prepare": {"actors": "auto", "num_cpus": "auto", "shard_windows": 4, "torch_threads": 1, "retries": 2},
     "denoise": {"actors": "auto", "num_gpus": "auto", "num_cpus": "auto", "batch_size": "auto",
-                "shards_per_call": "auto", "torch_threads": "auto", "device": "auto", "dtype": "auto"},
+                "shards_per_call": "auto", "torch_threads": "auto", "device": "auto", "dtype": "auto",
+                "retries": 3},
     "finish": {"concurrency": "auto", "num_cpus": 0.25, "retries": 3},
     "gpu_wait_s": 0,
     "evaluator": None,
@@ -107,6 +122,8 @@ class Plan:
     finish_retries: int
     cluster_cpus: float
     cluster_gpus: float
+    prepare_retries: int = 2
+    denoise_retries: int = 3
 
     def describe(self) -> str:
         dev = f"{self.denoise_gpus:g} GPU" if self.denoise_gpus else f"CPU, {self.denoise_threads} threads"
@@ -205,7 +222,8 @@ def plan_pools(cfg: dict, cpus: float, gpus: float, node_cpus: list[float] | Non
     return Plan(p_actors, p_cpus, _num(cfg, "prepare", "shard_windows", 1, True), p_threads,
                 d_actors, d_cpus, d_gpus, batch,
                 per_call, d_threads, device, str(d["dtype"]),
-                f_conc, f_cpus, _num(cfg, "finish", "retries", 0, integer=True), cpus, gpus)
+                f_conc, f_cpus, _num(cfg, "finish", "retries", 0, integer=True), cpus, gpus,
+                _num(cfg, "prepare", "retries", 0, integer=True), _num(cfg, "denoise", "retries", 0, integer=True))
 
 
 def requested_gpus(cfg: dict) -> float:
@@ -489,6 +507,16 @@ class DubJob:
     checkpoint_dir: str | None = None
     config: dict = field(default_factory=lambda: copy.deepcopy(DEFAULTS))
     overwrite: bool = False
+    # Input limits for every worker of the job (lipsync.input_limits.limit_env: LIPSYNC_MAX_PIXELS,
+    # LIPSYNC_MAX_MEDIA_SECONDS); empty: the workers' own environment or the built-in limits.
+    limits: dict = field(default_factory=dict)
+
+
+def _remote_env(job: DubJob) -> dict:
+    """``ray_remote_args`` for the job's workers: the S3 settings and the job's input limits."""
+    env = dict(ray_runtime_env().get("runtime_env", {}).get("env_vars", {}))
+    env.update({k: str(v) for k, v in (job.limits or {}).items()})
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def run_dub(job_input: JobInput, job: DubJob, say=None) -> list[Result]:
@@ -510,6 +538,9 @@ def run_dub(job_input: JobInput, job: DubJob, say=None) -> list[Result]:
             line = f"error: {r.error}"
         elif r.status == "skipped":
             line = f"already done -> {r.output}"
+        elif r.status == "no_face":
+            line = (f"no face in any frame: the video ({r.frames} frames) with the new speech, untouched, "
+                    f"in {r.processing_seconds:.1f} s -> {r.output}")
         else:
             line = (f"done, {r.frames} frames ({r.media_seconds:.2f} s) in {r.processing_seconds:.1f} s "
                     f"-> {r.output}")
@@ -526,10 +557,13 @@ def run_dub(job_input: JobInput, job: DubJob, say=None) -> list[Result]:
             report(done)
         else:
             todo.append(t)
+    # Temporary files of writers killed with an earlier run (a lost driver takes its actors along).
+    sweep_partials(job.output_dir, job_input.tasks)
     if todo:
         try:
             _execute(todo, job, report, say)
         finally:
+            sweep_partials(job.output_dir, todo)  # a finish worker killed in this run
             # Whatever stopped the pipeline, every row gets a result and the table is written.
             for t in todo:
                 if t.id not in results:
@@ -569,7 +603,7 @@ def _execute(todo: list[DubTask], job: DubJob, report, say) -> None:
     # Finish workers start with the pools (their imports overlap the pools' start-up).
     finisher = ray.remote(FinishWorker).options(num_cpus=plan.finish_cpus, max_restarts=-1,
                                                 max_task_retries=plan.finish_retries,
-                                                scheduling_strategy="SPREAD", **ray_runtime_env())
+                                                scheduling_strategy="SPREAD", **_remote_env(job))
     workers = [finisher.remote(job.output_dir, evaluator) for _ in range(plan.finish_concurrency)]
     gather = _Gather(workers, report)
     for t in todo:
@@ -589,6 +623,15 @@ def _execute(todo: list[DubTask], job: DubJob, report, say) -> None:
         finally:
             for w in workers:
                 ray.kill(w)
+    # The pipeline ran to its end: a video still open lost rows in a call whose worker died more
+    # often than its retries allow (the block was dropped, max_errored_blocks=-1).
+    for t in todo:
+        if t.id not in gather.closed:
+            stage = "denoising" if t.id in gather.plans else "preparing or denoising"  # prepared: its plan came
+            report(Result(t.id, "error", t.output,
+                          f"{t.source}: lost: the Ray worker {stage} it died more often than the retries allow "
+                          f"(prepare.retries={plan.prepare_retries}, denoise.retries={plan.denoise_retries}): out "
+                          "of memory, a crash, or killed? See the Ray logs; a rerun does it again"))
 
 
 def _root_cause(err: BaseException) -> str:
@@ -622,21 +665,35 @@ def _dataset(todo: list[DubTask], job: DubJob, plan: Plan):
     ctx.execution_options.preserve_order = False
     # A pool whose actors cannot be placed fails the job instead of waiting forever.
     ctx.wait_for_min_actors_s = int(max(600, float(job.config["gpu_wait_s"] or 0)))
+    # A call past its retries (its worker died every time) drops its block and the job goes on;
+    # the driver turns the videos that never closed into error rows. Stages catch their own errors
+    # per video, so nothing else is dropped this way.
+    ctx.max_errored_blocks = -1
     items = [{"id": t.id, "task": pickle.dumps(t, protocol=pickle.HIGHEST_PROTOCOL)} for t in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named map_batches parameter for actor restarts / call retries: they go
+        # through the (deprecated, removed in 2.64) ray_remote_args, on purpose.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return _pools(ds, job, plan)
+
+
+def _pools(ds, job: DubJob, plan: Plan):
+    import ray
+
     ds = ds.map_batches(
         PrepareUDF, batch_size=1, batch_format="pyarrow",
         fn_constructor_kwargs={"profile": job.profile, "checkpoint_dir": job.checkpoint_dir,
                                "shard_windows": plan.shard_windows, "torch_threads": plan.prepare_threads},
         compute=ray.data.ActorPoolStrategy(size=plan.prepare_actors), num_cpus=plan.prepare_cpus,
-        **ray_runtime_env())
+        max_restarts=-1, max_task_retries=plan.prepare_retries, **_remote_env(job))
     ds = ds.map_batches(
         DenoiseUDF, batch_size=plan.shards_per_call, batch_format="pyarrow",
         fn_constructor_kwargs={"profile": job.profile, "checkpoint_dir": job.checkpoint_dir,
                                "device": plan.device, "dtype": plan.dtype, "batch_size": plan.batch_size,
                                "torch_threads": plan.denoise_threads},
         compute=ray.data.ActorPoolStrategy(size=plan.denoise_actors), num_cpus=plan.denoise_cpus,
-        num_gpus=plan.denoise_gpus, **ray_runtime_env())
+        num_gpus=plan.denoise_gpus, max_restarts=-1, max_task_retries=plan.denoise_retries, **_remote_env(job))
     return ds
 
 

@@ -1,19 +1,16 @@
 """Batch dubbing (`lipsync dub`, pipelines/dub.py) on the session's local Ray instance (2 CPUs).
 
 The tiny profile (bundled weights) and one denoising step: the mechanics are what is tested.
-A job of good and bad rows gives correct videos and error rows; a rerun skips finished outputs; the
-same job runs from and to S3; an interrupted job rerun writes every output exactly once; a killed
-actor loses no rows; a GPU request on a CPU-only cluster fails at once.
+A job of good and bad rows gives correct videos and error rows (a shot without a face passes
+through, status no_face; a file over the job's input limits is refused from its header); a rerun
+skips finished outputs; the same job runs from and to S3; a GPU request on a CPU-only cluster fails
+at once. Killed workers and drivers: tests/test_dub_kill.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import warnings
 
@@ -34,7 +31,8 @@ CHEAP = GenerateOptions(num_steps=1, guidance_scale=1.0)  # no guidance pass: fo
 # -- media -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Clips a (0.8 s), b (1.2 s), c (0.8 s), a still portrait, a corrupt file, a clip without a face."""
+    """Clips a (0.8 s), b (1.2 s), c (0.8 s), a still portrait, a corrupt file, a clip without a face,
+    a clip of 320 x 96 pixels (over the job's limit)."""
     import cv2
 
     root = tmp_path_factory.mktemp("dub")
@@ -48,6 +46,9 @@ def corpus(tmp_path_factory):
     with VideoWriter(str(root / "noface.mp4"), fps=25) as w:
         for i in range(20):
             w.write(np.roll(textured_background(96, 128, seed=2), i, axis=1))
+    with VideoWriter(str(root / "wide.mp4"), fps=25) as w:
+        for i in range(10):
+            w.write(textured_background(96, 320, seed=i))
     return root
 
 
@@ -63,11 +64,14 @@ GOOD = [
     {"id": "plain", "video": "b/video.mp4", "audio": "b/audio.wav", "seed": 7},
     {"id": "still", "image": "face.png", "text": "Hi there.", "lang": "en"},
 ]
+NOFACE = [{"id": "noface", "video": "noface.mp4", "audio": "a/audio.wav"}]  # dub's default: passthrough
 BAD = [
     {"id": "corrupt", "video": "broken.mp4", "audio": "a/audio.wav"},
     {"id": "noaudio", "video": "a/video.mp4", "audio": "missing.wav"},
-    {"id": "noface", "video": "noface.mp4", "audio": "a/audio.wav"},
+    {"id": "strict", "video": "noface.mp4", "audio": "a/audio.wav", "no_face": "error"},
+    {"id": "huge", "video": "wide.mp4", "audio": "a/audio.wav"},  # 30720 pixels, over LIMITS
 ]
+LIMITS = {"LIPSYNC_MAX_PIXELS": "28000"}  # the job's --max_pixels; face.png (160 x 160) is under it
 
 
 def frames_of(path):
@@ -86,12 +90,13 @@ def reencoded(frames, tmp_path):
     return frames_of(path)
 
 
-def run(manifest, out, say=None, overwrite=False, overrides=(), defaults=FAST):
+def run(manifest, out, say=None, overwrite=False, overrides=(), defaults=FAST, limits=None):
     from lipsync.pipeline.manifest import load_job_input
     from pipelines.dub import DubJob, load_config, run_dub
 
     job = load_job_input(str(out), defaults, manifest=str(manifest))
-    return run_dub(job, DubJob(str(out), "tiny", None, load_config(None, list(overrides)), overwrite), say)
+    return run_dub(job, DubJob(str(out), "tiny", None, load_config(None, list(overrides)), overwrite,
+                               dict(limits or {})), say)
 
 
 def listing(out):
@@ -227,21 +232,28 @@ def job_result(ray_session, corpus, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("dub-out")
     lines = []
     t0 = time.perf_counter()
-    results = run(write_csv(corpus / "job.csv", GOOD + BAD), out, lines.append)
+    results = run(write_csv(corpus / "job.csv", GOOD + NOFACE + BAD), out, lines.append, limits=LIMITS)
     return out, results, lines, time.perf_counter() - t0
 
 
 def test_job_writes_good_videos_and_error_rows(job_result, corpus, tmp_path):
     out, results, lines, _ = job_result
     by_id = {r.id: r for r in results}
-    assert [r.id for r in results] == [r["id"] for r in GOOD + BAD]  # manifest order
+    assert [r.id for r in results] == [r["id"] for r in GOOD + NOFACE + BAD]  # manifest order
     # Error rows: the typed errors' "<file>: <problem>", nothing written.
     assert by_id["corrupt"].status == "error" and "broken.mp4" in by_id["corrupt"].error
     assert "missing.wav: no such file" in by_id["noaudio"].error
-    assert "noface.mp4: no face found" in by_id["noface"].error
+    assert "noface.mp4: no face found" in by_id["strict"].error  # no_face=error in its row
+    assert "wide.mp4: claims frames of 320 x 96 pixels, over the limit of 0.028 Mpx" in by_id["huge"].error
     for bad in BAD:
-        assert not (out / f"{bad['id']}.mp4").exists()
+        assert by_id[bad["id"]].status == "error" and not (out / f"{bad['id']}.mp4").exists()
     assert not [n for n in listing(out) if "partial" in n]
+    # A shot with nobody in it: the shot, untouched, with the new speech; status no_face.
+    nf = by_id["noface"]
+    assert (nf.status, nf.frames, nf.frames_with_face, nf.error) == ("no_face", 20, 0, None)
+    assert nf.notes.startswith("no_face:") and probe(out / "noface.mp4").audio is not None
+    got, src = frames_of(out / "noface.mp4"), frames_of(corpus / "noface.mp4")
+    assert len(got) == 20 and max(absdiff(g, w).mean() for g, w in zip(got, src)) < 3.0
     # Good rows: as long as the speech, with it as the soundtrack.
     speech = {"loop": load_audio(str(corpus / "b" / "audio.wav")), "plain": load_audio(str(corpus / "b" / "audio.wav"))}
     for row in GOOD:
@@ -280,9 +292,10 @@ def test_job_writes_good_videos_and_error_rows(job_result, corpus, tmp_path):
     assert set(table[0]) >= {"id", "status", "error", "frames", "media_seconds", "processing_seconds", "sync_score"}
     assert all(t["sync_score"] is None for t in table)
     per_video = [ln for ln in lines if ln.startswith("[")]
-    assert len(per_video) == 6 and all(f"/6] {r['id']}:" in "".join(per_video) for r in GOOD + BAD)
-    assert "3 done, 0 already done (skipped), 3 failed" in lines[-1]
-    assert sorted(os.listdir(out / "_done")) == ["loop.json", "plain.json", "still.json"]
+    assert len(per_video) == 8 and all(f"/8] {r['id']}:" in "".join(per_video) for r in GOOD + NOFACE + BAD)
+    assert "noface: no face in any frame" in "".join(per_video)
+    assert "3 done, 1 without a face (passed through), 0 already done (skipped), 4 failed" in lines[-1]
+    assert sorted(os.listdir(out / "_done")) == ["loop.json", "noface.json", "plain.json", "still.json"]
 
 
 def test_rerun_skips_finished_outputs(job_result, corpus, capsys):
@@ -339,82 +352,3 @@ def test_same_job_on_s3(ray_session, corpus, s3_bucket, tmp_path, capsys):  # no
         table = pq.read_table(f).to_pylist()
     assert [(t["id"], t["status"]) for t in table] == [("s2", "ok"), ("gone", "error")]
     assert "cannot read object" in table[1]["error"]
-
-
-def _dub_processes(tag):
-    import psutil
-
-    return [p for p in psutil.process_iter(["cmdline"])
-            if any(tag in c for c in (p.info["cmdline"] or []))]
-
-
-def test_interrupted_job_rerun_writes_every_output_once(ray_session, corpus, tmp_path):  # noqa: F811
-    rows = [{"id": f"i{k}", "video": f"{c}/video.mp4", "audio": f"{c}/audio.wav"}
-            for k, c in enumerate(("a", "c", "a"))]
-    manifest = write_csv(corpus / "interrupt.csv", rows)
-    out = tmp_path / "out"
-    address = ray_session.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "lipsync.cli", "dub", "--manifest", manifest, "--output_dir", str(out),
-           "--num_steps", "1", "--guidance_scale", "1", "--set", "denoise.actors=1", "--address", address]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    done_first = []
-    try:
-        for line in proc.stdout:  # stop the driver as soon as one video is finished
-            if ": done," in line:
-                done_first.append(line.split("] ", 1)[1].split(":")[0])
-                break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert len(done_first) == 1
-    first_mtime = (out / f"{done_first[0]}.mp4").stat().st_mtime_ns
-    lines = []
-    results = run(manifest, out, lines.append, defaults=CHEAP, overrides=["denoise.actors=1"])
-    status = {r.id: r.status for r in results}
-    assert status[done_first[0]] == "skipped" and all(s in ("ok", "skipped") for s in status.values())
-    assert sum(s == "ok" for s in status.values()) >= 1
-    assert (out / f"{done_first[0]}.mp4").stat().st_mtime_ns == first_mtime
-    assert listing(out) == ["_done", "i0.mp4", "i1.mp4", "i2.mp4", "results.parquet"]  # no debris
-    assert sorted(os.listdir(out / "_done")) == [f"i{k}.json" for k in range(3)]
-    for k in range(3):
-        assert len(frames_of(out / f"i{k}.mp4")) == 20
-
-
-def test_killed_actor_loses_no_rows(ray_session, corpus, tmp_path, monkeypatch):  # noqa: F811
-    import psutil
-
-    import pipelines.dub as dub
-
-    rows = [{"id": f"k{k}", "video": f"{c}/video.mp4", "audio": f"{c}/audio.wav"}
-            for k, c in enumerate(("a", "c", "a"))]
-    manifest = write_csv(corpus / "kill.csv", rows)
-    out = tmp_path / "out"
-    arrived = []
-    add = dub._Gather.add
-    monkeypatch.setattr(dub._Gather, "add", lambda self, row: (arrived.append(row["kind"]), add(self, row))[1])
-    lines, box = [], {}
-    # One window per shard: 6 shards for the denoiser, so when the first comes back it has more to do.
-    worker = threading.Thread(target=lambda: box.setdefault("results", run(
-        manifest, out, lines.append, defaults=CHEAP, overrides=["prepare.shard_windows=1", "denoise.actors=1"])))
-    worker.start()
-    killed = None
-    while worker.is_alive() and killed is None:
-        if "shard" in arrived:
-            busy = []
-            for p in _dub_processes("MapBatches(DenoiseUDF)"):
-                try:
-                    busy.append((p.cpu_percent(interval=0.2), p))
-                except psutil.NoSuchProcess:
-                    pass
-            load, p = max(busy, key=lambda x: x[0], default=(0, None))
-            if load > 20:
-                p.send_signal(signal.SIGKILL)  # mid-shard: its batch must be redone by its replacement
-                killed = (p.pid, arrived.count("shard"))
-        time.sleep(0.02)
-    worker.join()
-    assert killed is not None and killed[1] < 6, "the denoisers were never caught working"
-    results = box["results"]
-    assert [(r.id, r.status) for r in results] == [(f"k{k}", "ok") for k in range(3)], results
-    assert listing(out) == ["_done", "k0.mp4", "k1.mp4", "k2.mp4", "results.parquet"]
-    for k in range(3):
-        assert len(frames_of(out / f"k{k}.mp4")) == 20
