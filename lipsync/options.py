@@ -4,7 +4,8 @@
 bounds, allowed values and help. The generate and dub flags, the dub manifest's option columns, the
 server's form and JSON fields and the web page's advanced section are all made from ``OPTIONS``, so
 the same request means the same thing whichever way it arrives. A default of ``None`` means "the
-profile's" (``num_steps``, ``guidance_scale``, ``overlap``).
+profile's" (``num_steps``, ``guidance_scale``, ``scheduler``, ``guidance_interval``, ``deepcache``,
+``overlap``).
 
 Standard library only: ``lipsync --help`` imports this.
 """
@@ -21,6 +22,8 @@ DEFAULT_SEED = 1247
 LOOP_MODES = ("pingpong", "repeat", "freeze")
 NO_FACE_POLICIES = ("error", "passthrough")
 FACE_HELP = "'largest', a face index (0 = largest, 1 = next ...) or 'track:ID'"
+# The samplers (lipsync.pipeline.denoise.make_scheduler): all deterministic, on the training schedule.
+SCHEDULERS = ("ddim", "dpmsolver++", "unipc", "deis", "euler")
 
 
 def parse_bool(value) -> bool:
@@ -59,6 +62,13 @@ class GenerateOptions:
     guidance_scale: float | None = _option(
         None, "audio classifier-free guidance: how strongly the mouth follows the speech (1 = off)",
         kind="float", minimum=0.0, maximum=20.0)
+    scheduler: str | None = _option(
+        None, "sampler: ddim (LatentSync's; `--scheduler ddim --num_steps 20` is their path), dpmsolver++ "
+              "(DPM-Solver++ 2M), unipc, deis or euler; the multistep solvers need fewer steps",
+        kind="choice", choices=SCHEDULERS)
+    guidance_interval: float | None = _option(
+        None, "fraction of the denoising steps, from the first, that get audio guidance (1 = every step); "
+              "the others run one conditional UNet pass", kind="float", minimum=0.0, maximum=1.0)
     seed: int = _option(DEFAULT_SEED, "random seed; the same seed gives the same video", kind="int",
                         minimum=0, maximum=2**63 - 1)
     face: str | int = _option("largest", f"which face to dub: {FACE_HELP}", kind="face")
@@ -69,9 +79,9 @@ class GenerateOptions:
                                           "detection)", kind="bool")
     overlap: int | None = _option(None, "frames shared by consecutive 16-frame windows (cross-faded)",
                                   kind="int", minimum=0, maximum=15)
-    deepcache_interval: int = _option(0, "DeepCache: run the full UNet every N steps and reuse its deep "
-                                         "features in between (0 = off)", kind="int", name="deepcache",
-                                      minimum=0, maximum=1000)
+    deepcache_interval: int | None = _option(None, "DeepCache: run the full UNet every N steps and reuse its "
+                                                   "deep features in between (0 = off)", kind="int",
+                                             name="deepcache", minimum=0, maximum=1000)
     no_face: str | None = _option(
         None, "when no frame has a face: fail (error), or write the video, frames untouched, with the new "
               "speech (passthrough; the result says no_face)", kind="choice", choices=NO_FACE_POLICIES,

@@ -60,6 +60,10 @@ class Profile:
     overlap: int = 4
     num_steps: int = 20
     guidance_scale: float = 1.5
+    # Sampler defaults (each a generation option; LatentSync's: DDIM, guidance on every step, no DeepCache).
+    scheduler: str = "ddim"  # lipsync.options.SCHEDULERS
+    guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])  # guided steps: lo <= i / n < hi
+    deepcache_interval: int = 0  # 0 = off
     prediction_type: str = "epsilon"  # what the UNet predicts: epsilon (LatentSync) or v_prediction
     # Reference frames for frame i: the window's frame i + reference_shift (cyclic). 0 = the frame
     # itself (LatentSync); a shift gives the UNet another mouth of the same face, as in training.

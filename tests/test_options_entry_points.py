@@ -16,14 +16,14 @@ import pytest
 
 from lipsync.cli import build_parser, generate_request
 from lipsync.options import OPTIONS, REQUEST_OPTIONS, GenerateOptions, as_values
-from lipsync.pipeline.stages import denoise_settings, window_planner
+from lipsync.pipeline.stages import settings_of_options, window_planner
 from lipsync.profiles import load_profile
 from ray_fixtures import ray_session  # noqa: F401  (the session's Ray instance)
 from serve_helpers import serve_port  # noqa: F401  (Ray Serve on a free port, once per session)
 
 # A non-default value of every request option (a new option fails here until it is added).
 REQUEST = {"num_steps": 7, "guidance_scale": 2.5, "seed": 3, "face": 1, "loop": "freeze", "silence_gating": True,
-           "overlap": 2, "deepcache": 3}
+           "overlap": 2, "deepcache": 3, "scheduler": "unipc", "guidance_interval": 0.5}
 NONE: dict = {}
 
 
@@ -103,15 +103,18 @@ def test_the_same_request_resolves_the_same_everywhere(values, tmp_path):
     for where, options in resolved.items():
         assert options == expected, where
     profile = load_profile("tiny")
-    settings = {where: (denoise_settings(profile, o.num_steps, o.guidance_scale, o.deepcache_interval),
+    settings = {where: (settings_of_options(profile, o),
                         window_planner(profile, o.overlap).overlap) for where, o in resolved.items()}
     assert len({repr(s) for s in settings.values()}) == 1, settings
     denoise, overlap = settings["generate"]
     if values is NONE:  # the profile's: what `make demo` runs (it gives no option flag)
         assert (denoise.num_steps, denoise.guidance_scale) == (profile.num_steps, profile.guidance_scale)
+        assert (denoise.scheduler, denoise.deepcache_interval) == (profile.scheduler, profile.deepcache_interval)
+        assert denoise.guidance_interval == tuple(profile.guidance_interval)
         assert overlap == profile.overlap and expected.seed == 1247
     else:
         assert (denoise.num_steps, denoise.guidance_scale, denoise.deepcache_interval) == (7, 2.5, 3)
+        assert (denoise.scheduler, denoise.guidance_interval) == ("unipc", (0.0, 0.5))
         assert overlap == 2
 
 

@@ -178,3 +178,185 @@ def test_paste_mask_keeps_the_box_corners_when_the_profile_has_an_ellipse():
     assert paste[int(0.95 * s), int(0.05 * s)] == 0 and box[int(0.95 * s), int(0.05 * s)] == 1  # a corner
     assert not paste[: s // 2].any()
     assert np.array_equal(paste_mask_of(load_profile("latentsync-1.5")), regen_mask_of(load_profile("latentsync-1.5")))
+
+
+# -- samplers, guidance interval, DeepCache (issue 22) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_window():
+    """A random tiny model and one 4-frame window: crops, keep mask, tokens, the seed's noise."""
+    import torch
+
+    from lipsync.pipeline.components import random_components
+    from lipsync.pipeline.denoise import WindowDenoiser
+
+    c = random_components(load_profile("tiny"))
+    den = WindowDenoiser(c.unet, c.vae, c.scheduler, c.scaling_factor, c.shift_factor)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (1, 4, 96, 96, 3), dtype=np.uint8)
+    keep = np.ones((96, 96), np.float32)
+    keep[48:] = 0
+    tokens = torch.from_numpy(rng.standard_normal((1, 4, 10, 64)).astype(np.float32))
+    return den, crops, keep, tokens, den.initial_noise(96, 5)
+
+
+def old_ddim_path(den, crops, keep_mask, tokens, noise, settings):
+    """The denoising loop as it was before the samplers (DDIM, guidance batched on every step,
+    DeepCache every N steps), kept here to prove `--scheduler ddim` is still it, bit for bit."""
+    import torch
+
+    from lipsync.models import vae as vae_ops
+    from lipsync.pipeline.denoise import condition_latents, crops_to_pixels, unet_input
+
+    b, f, s = crops.shape[:3]
+    x = crops_to_pixels(crops, den.dtype).reshape(b * f, 3, s, s)
+    keep = torch.as_tensor(np.asarray(keep_mask, dtype=np.float64))[None, None].to(den.latent_dtype)
+    mask_lat, masked, ref = condition_latents(den._encode, x, keep, b, f, mask_resize=settings.mask_resize)
+    if settings.reference_shift % f:
+        ref = ref.roll(-settings.reference_shift, dims=2)
+    h, w = ref.shape[-2:]
+    latents = noise.to(den.latent_dtype).expand(b, -1, f, -1, -1).clone() * den.scheduler.init_noise_sigma
+    cfg = settings.guidance_scale > 1.0
+    cond_in = torch.cat([torch.zeros_like(tokens), tokens]) if cfg else tokens
+    den.scheduler.set_timesteps(settings.num_steps)
+    cache = {} if settings.deepcache_interval > 1 else None
+    with torch.no_grad():
+        for i, t in enumerate(den.scheduler.timesteps):
+            inp = unet_input(den.scheduler.scale_model_input(latents, t), mask_lat, masked, ref)
+            if cfg:
+                inp = torch.cat([inp, inp])
+            kw = {} if cache is None else {"cache": cache, "reuse_deep": i % settings.deepcache_interval != 0}
+            eps = den.unet(inp, t, cond_in, **kw).to(den.latent_dtype)
+            if cfg:
+                uncond, cond = eps.chunk(2)
+                eps = uncond + settings.guidance_scale * (cond - uncond)
+            latents = den.scheduler.step(eps, t, latents).prev_sample
+        lat = latents.permute(0, 2, 1, 3, 4).reshape(b * f, latents.shape[1], h, w)
+        return vae_ops.decode(den.vae, lat, den.scaling, den.shift, clamp=False)
+
+
+@pytest.mark.parametrize("deepcache", [0, 3])
+def test_ddim_20_steps_is_the_old_path_bit_for_bit(tiny_window, deepcache):
+    import torch
+
+    from lipsync.pipeline.denoise import DenoiseSettings
+
+    den, crops, keep, tokens, noise = tiny_window
+    settings = DenoiseSettings(20, 3.5, deepcache, reference_shift=2, scheduler="ddim")
+    new = den.decoded(crops, keep, tokens, noise, settings)
+    assert torch.equal(new, old_ddim_path(den, crops, keep, tokens, noise, settings))
+    # guidance on the interval [0, 1] is guidance on every step
+    full = DenoiseSettings(20, 3.5, deepcache, reference_shift=2, scheduler="ddim", guidance_interval=(0.0, 1.0))
+    assert torch.equal(den.decoded(crops, keep, tokens, noise, full), new)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver++", "unipc", "deis", "euler"])
+def test_every_scheduler_gives_finite_deterministic_crops(tiny_window, scheduler):
+    from lipsync.pipeline.denoise import DenoiseSettings
+
+    den, crops, keep, tokens, noise = tiny_window
+    settings = DenoiseSettings(4, 3.5, reference_shift=2, scheduler=scheduler, guidance_interval=(0.0, 0.6))
+    a = den(crops, keep, tokens, noise, settings)
+    b = den(crops, keep, tokens, den.initial_noise(96, 5), settings)  # the same seed, drawn again
+    assert a.shape == crops.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    out = den.decoded(crops, keep, tokens, noise, settings)
+    assert out.isfinite().all()
+    c = den(crops, keep, tokens, den.initial_noise(96, 6), settings)  # another seed, another result
+    assert not np.array_equal(a, c)
+
+
+def test_multistep_solvers_use_the_training_schedule_with_trailing_steps():
+    from lipsync.pipeline.denoise import latentsync_scheduler, make_scheduler
+
+    base = latentsync_scheduler("v_prediction")
+    assert make_scheduler("ddim", base) is base
+    for name in ("dpmsolver++", "unipc", "deis", "euler"):
+        s = make_scheduler(name, base)
+        assert s is not make_scheduler(name, base)  # a multistep history per run
+        assert s.config.prediction_type == "v_prediction" and s.config.beta_schedule == "scaled_linear"
+        assert (s.config.beta_start, s.config.beta_end) == (0.00085, 0.012)
+        assert float((s.alphas_cumprod - base.alphas_cumprod).abs().max()) == 0
+        s.set_timesteps(5)
+        assert int(s.timesteps[0]) == 999  # the first step starts from pure noise
+    with pytest.raises(ValueError, match="scheduler"):
+        make_scheduler("plms", base)
+
+
+def test_guidance_interval_guides_only_its_steps_and_empty_is_no_guidance(tiny_window):
+    import torch
+
+    from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser, guided_steps
+
+    assert guided_steps(5, (0.0, 1.0)) == [True] * 5
+    assert guided_steps(5, (0.0, 0.6)) == [True, True, True, False, False]
+    assert guided_steps(10, (0.2, 0.5)) == [False, False, True, True, True] + [False] * 5
+    den, crops, keep, tokens, noise = tiny_window
+    batches = []
+
+    def unet(inp, t, cond, **kw):
+        batches.append(inp.shape[0])
+        return den.unet(inp, t, cond, **kw)
+
+    spy = WindowDenoiser(unet, den.vae, den.scheduler, den.scaling, den.shift)
+    part = DenoiseSettings(5, 3.5, scheduler="dpmsolver++", guidance_interval=(0.0, 0.6))
+    spy.decoded(crops, keep, tokens, noise, part)
+    assert batches == [2, 2, 2, 1, 1]  # unconditional + conditional batched on the guided steps only
+    none = DenoiseSettings(5, 3.5, scheduler="dpmsolver++", guidance_interval=(0.0, 0.0))
+    off = DenoiseSettings(5, 1.0, scheduler="dpmsolver++")
+    assert torch.equal(den.decoded(crops, keep, tokens, noise, none), den.decoded(crops, keep, tokens, noise, off))
+    with pytest.raises(ValueError, match="guidance_interval"):
+        DenoiseSettings(guidance_interval=(0.5, 0.2))
+
+
+@pytest.mark.parametrize("deepcache", [0, 2])
+def test_two_call_guidance_equals_batched_guidance(tiny_window, deepcache):
+    import torch
+
+    from lipsync.pipeline.denoise import DenoiseSettings
+
+    den, crops, keep, tokens, noise = tiny_window
+    kw = dict(num_steps=5, guidance_scale=3.5, deepcache_interval=deepcache, scheduler="unipc",
+              guidance_interval=(0.0, 0.6))
+    batched = den.decoded(crops, keep, tokens, noise, DenoiseSettings(**kw, cfg_batched=True))
+    two = den.decoded(crops, keep, tokens, noise, DenoiseSettings(**kw, cfg_batched=False))
+    assert torch.allclose(batched, two, atol=1e-4)
+
+
+def test_profiles_carry_sampler_defaults_and_options_override_them():
+    from lipsync.options import GenerateOptions
+    from lipsync.pipeline.stages import settings_of_options
+
+    for name in ("latentsync-1.5", "latentsync-1.6"):  # LatentSync's exact path stays their default
+        s = settings_of_options(load_profile(name), GenerateOptions())
+        assert (s.scheduler, s.num_steps, s.guidance_scale, s.guidance_interval, s.deepcache_interval) == (
+            "ddim", 20, 1.5, (0.0, 1.0), 0)
+    prof = load_profile("tiny")
+    s = settings_of_options(prof, GenerateOptions(scheduler="ddim", num_steps=20, guidance_interval=1.0,
+                                                  deepcache_interval=0))
+    assert (s.scheduler, s.num_steps, s.guidance_interval, s.deepcache_interval) == ("ddim", 20, (0.0, 1.0), 0)
+    s = settings_of_options(prof, GenerateOptions(guidance_interval=0.4))
+    assert s.guidance_interval == (0.0, 0.4)
+
+
+def test_denoiser_batches_windows_only_with_the_same_sampler(tiny_window):
+    import torch
+
+    from lipsync.pipeline.denoise import DenoiseSettings
+    from lipsync.pipeline.stages import Denoiser, WindowInput
+    from lipsync.pipeline.windows import Window
+
+    den, crops, keep, tokens, _ = tiny_window
+
+    class Comp:
+        profile = load_profile("tiny")
+        unet, vae, scheduler = den.unet, den.vae, den.scheduler
+        scaling_factor, shift_factor = den.scaling, den.shift
+
+    d = Denoiser(Comp(), torch.device("cpu"), torch.float32, 1.0 - keep)
+    calls = []
+    d.windows.decoded = lambda c, *a, **k: calls.append(c.shape[0]) or torch.zeros(c.shape[0] * 4, 3, 96, 96)
+    w = [WindowInput(Window(0, 4), crops[0], tokens[0]) for _ in range(3)]
+    a, b = DenoiseSettings(3, scheduler="ddim"), DenoiseSettings(3, scheduler="unipc")
+    d(w, [a, b, a], 0)
+    assert sorted(calls) == [1, 2]

@@ -1,8 +1,11 @@
-"""Windows of aligned face crops + audio tokens in, regenerated crops out: VAE encode, DDIM
-denoising with audio classifier-free guidance, VAE decode. Runs a batch of windows at once."""
+"""Windows of aligned face crops + audio tokens in, regenerated crops out: VAE encode, denoising
+(DDIM, or a multistep solver: DPM-Solver++, UniPC, DEIS, Euler) with audio classifier-free guidance
+(on every step or in an interval of them), optionally DeepCache, VAE decode. Runs a batch of windows
+at once."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +24,45 @@ def latentsync_scheduler(prediction_type: str = "epsilon"):
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                          beta_schedule="scaled_linear", steps_offset=1, prediction_type=prediction_type,
                          timestep_spacing="leading", clip_sample=False, set_alpha_to_one=False)
+
+
+# The samplers (``--scheduler``), all deterministic, all on the training schedule above. DDIM keeps
+# LatentSync's "leading" spacing (its exact path); the multistep solvers use "trailing" spacing, whose
+# first step is the last training timestep: with a handful of steps "leading" would start them at
+# t = 801 (5 steps) from pure noise, a mismatch they cannot correct in few steps.
+from lipsync.options import SCHEDULERS  # noqa: E402  (stdlib only)
+
+SOLVER_SPACING = "trailing"
+
+
+def make_scheduler(name: str, base):
+    """The sampler ``name`` on ``base``'s training schedule (betas, steps, prediction type, offset).
+    ``ddim`` is ``base`` itself; the others are new objects (multistep solvers keep a history of the
+    UNet's outputs, so each denoising run needs its own)."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {name!r}")
+    if name == "ddim":
+        return base
+    import diffusers
+
+    c = base.config
+    common = dict(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
+                  beta_schedule=c.beta_schedule, trained_betas=c.trained_betas, prediction_type=c.prediction_type,
+                  steps_offset=c.steps_offset, timestep_spacing=SOLVER_SPACING)
+    if name == "dpmsolver++":  # DPM-Solver++(2M), the deterministic multistep variant
+        return diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
+    if name == "unipc":  # UniPC-bh2, order 2, with its corrector
+        return diffusers.UniPCMultistepScheduler(solver_order=2, solver_type="bh2", **common)
+    if name == "deis":
+        return diffusers.DEISMultistepScheduler(solver_order=2, **common)
+    return diffusers.EulerDiscreteScheduler(**common)  # euler
+
+
+def guided_steps(num_steps: int, interval: tuple[float, float]) -> list[bool]:
+    """Which of ``num_steps`` denoising steps get audio guidance: step i when ``lo <= i / n < hi``
+    (``(0, 1)``: every step; ``(0, 0.6)``: the first 60 %, where the mouth's shape is decided)."""
+    lo, hi = (float(v) for v in interval)
+    return [lo <= i / num_steps < hi for i in range(num_steps)]
 
 
 def training_target(prediction_type: str, z0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
@@ -107,6 +149,27 @@ class DenoiseSettings:
     reference_shift: int = 0
     # How the keep mask reaches latent size: "nearest" is LatentSync's (profiles' mask.latent_resize).
     mask_resize: str = "bilinear"
+    scheduler: str = "ddim"  # one of SCHEDULERS; ddim is LatentSync's exact path
+    # Audio guidance on steps i with lo <= i / num_steps < hi (guided_steps); the others run one
+    # conditional UNet pass. (0, 1): every step, LatentSync's.
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    # Guided steps: one UNet call on the unconditional and conditional inputs batched (LatentSync's),
+    # or two calls. The same numbers either way up to float rounding; which is faster is measured.
+    cfg_batched: bool = True
+
+    def __post_init__(self):
+        self.guidance_interval = tuple(float(v) for v in self.guidance_interval)
+        lo, hi = self.guidance_interval
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"guidance_interval must be 0 <= start <= end <= 1, got {self.guidance_interval}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+
+    @property
+    def group_key(self) -> tuple:
+        """Windows with equal keys can be denoised in one batch (what the denoising depends on)."""
+        return (self.num_steps, self.guidance_scale, self.deepcache_interval, self.reference_shift,
+                self.mask_resize, self.scheduler, self.guidance_interval, self.cfg_batched)
 
 
 class WindowDenoiser:
@@ -118,6 +181,17 @@ class WindowDenoiser:
         # The DDIM state is kept at least in float32 (a half-precision model's steps would round the
         # latents 20 times) and in float64 with a float64 model (then the whole path is float64).
         self.latent_dtype = torch.promote_types(dtype, torch.float32)
+        # Seconds spent per part (vae_encode, unet, vae_decode), added to when a caller sets a dict.
+        self.timings: dict[str, float] | None = None
+
+    def _timed(self, part: str, t0: float) -> float:
+        now = time.perf_counter()
+        if self.timings is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+                now = time.perf_counter()
+            self.timings[part] = self.timings.get(part, 0.0) + now - t0
+        return now
 
     def latent_shape(self, size: int) -> tuple[int, int]:
         k = vae_ops.downsample_factor(self.vae)
@@ -152,6 +226,7 @@ class WindowDenoiser:
         unclamped. ``trace``, when given, receives every intermediate under LatentSync's names
         (mask_latents, masked_image_latents, ref_latents, timesteps, first_guided_pred, final_latents)."""
         b, f, s = crops.shape[0], crops.shape[1], crops.shape[2]
+        t0 = time.perf_counter()
         x = crops_to_pixels(crops, self.dtype).reshape(b * f, 3, s, s).to(self.device, self.dtype)
         # float64 only with a float64 model: some devices (mps) have no float64 at all.
         keep = torch.as_tensor(np.asarray(keep_mask, dtype=np.float64))[None, None].to(self.device, self.latent_dtype)
@@ -160,36 +235,80 @@ class WindowDenoiser:
             ref = ref.roll(-settings.reference_shift, dims=2)
         h, w = ref.shape[-2:]
         latents = noise.to(self.device, self.latent_dtype).expand(b, -1, f, -1, -1).clone()
-        latents = latents * self.scheduler.init_noise_sigma
         tokens = tokens.to(self.device, self.dtype)
-        cfg = settings.guidance_scale > 1.0
+        t0 = self._timed("vae_encode", t0)
+        sched = make_scheduler(settings.scheduler, self.scheduler)
+        sched.set_timesteps(settings.num_steps, device=self.device)
+        latents = latents * sched.init_noise_sigma
+        guided = guided_steps(len(sched.timesteps), settings.guidance_interval)
+        cfg = settings.guidance_scale > 1.0 and any(guided)
+        null = None
         if cfg:  # unconditional first, as LatentSync batches it
             null = torch.zeros_like(tokens) if null_tokens is None else null_tokens.to(tokens).expand_as(tokens)
-            cond_in = torch.cat([null, tokens])
-        else:
-            cond_in = tokens
-        self.scheduler.set_timesteps(settings.num_steps, device=self.device)
         if trace is not None:
             trace.update(mask_latents=mask_lat, masked_image_latents=masked, ref_latents=ref,
-                         timesteps=self.scheduler.timesteps.clone())
-        cache: dict | None = {} if settings.deepcache_interval > 1 else None
-        for i, t in enumerate(self.scheduler.timesteps):
-            inp = unet_input(self.scheduler.scale_model_input(latents, t).to(self.dtype), mask_lat, masked, ref)
-            if cfg:
-                inp = torch.cat([inp, inp])
-            kwargs = {}
-            if cache is not None:
-                kwargs = {"cache": cache, "reuse_deep": i % settings.deepcache_interval != 0}
-            eps = self.unet(inp, t, cond_in, **kwargs)
-            eps = eps.sample if hasattr(eps, "sample") else eps
-            eps = eps.to(self.latent_dtype)
-            if cfg:
-                uncond, cond = eps.chunk(2)
+                         timesteps=sched.timesteps.clone())
+        unet = _CachedUNet(self.unet, b, f, settings.deepcache_interval, self.latent_dtype)
+        for i, t in enumerate(sched.timesteps):
+            inp = unet_input(sched.scale_model_input(latents, t).to(self.dtype), mask_lat, masked, ref)
+            if cfg and guided[i]:
+                if settings.cfg_batched:
+                    uncond, cond = unet(i, torch.cat([inp, inp]), t, torch.cat([null, tokens]), "both").chunk(2)
+                else:
+                    uncond, cond = unet(i, inp, t, null, "uncond"), unet(i, inp, t, tokens, "cond")
                 eps = uncond + settings.guidance_scale * (cond - uncond)
+            else:
+                eps = unet(i, inp, t, tokens, "cond")
             if trace is not None and i == 0:
                 trace["first_guided_pred"] = eps
-            latents = self.scheduler.step(eps, t, latents).prev_sample
+            latents = sched.step(eps, t, latents).prev_sample
         if trace is not None:
             trace["final_latents"] = latents
+        t0 = self._timed("unet", t0)
         lat = latents.permute(0, 2, 1, 3, 4).reshape(b * f, *latents.shape[1:2], h, w)
-        return vae_ops.decode(self.vae, lat.to(self.dtype), self.scaling, self.shift, clamp=False)
+        out = vae_ops.decode(self.vae, lat.to(self.dtype), self.scaling, self.shift, clamp=False)
+        self._timed("vae_decode", t0)
+        return out
+
+
+class _CachedUNet:
+    """The UNet calls of one denoising run, with DeepCache's cached deep features when
+    ``interval > 1``: steps ``i % interval == 0`` run the whole UNet and refresh the cache, the others
+    reuse it. A guidance interval (guided and unguided steps) or two-call guidance needs the cache of
+    other inputs: ``both`` (unconditional + conditional batched, 2B) holds the two halves, so
+    ``uncond`` / ``cond`` are slices of it and ``both`` is their concatenation; a reuse step whose
+    entry cannot be had runs whole. Returns the UNet's output in ``out_dtype``."""
+
+    def __init__(self, unet, b: int, f: int, interval: int, out_dtype: torch.dtype):
+        self.unet, self.b, self.f, self.interval, self.out_dtype = unet, b, f, int(interval), out_dtype
+        self.entries: dict[str, dict] = {}  # which -> the UNet's cache dict
+        self.step = -1  # the step the entries were made at
+
+    def _entry(self, which: str) -> dict | None:
+        e = self.entries
+        if which in e:
+            return e[which]
+        n = self.b * self.f  # the deep feature is ((b f), C, h, w), frames of a sample adjacent
+        if which in ("uncond", "cond") and "both" in e:
+            both = e["both"]
+            e[which] = {"deep": both["deep"][:n] if which == "uncond" else both["deep"][n:],
+                        "key": (self.b,) + tuple(both["key"][1:])}
+        elif which == "both" and "uncond" in e and "cond" in e:
+            e[which] = {"deep": torch.cat([e["uncond"]["deep"], e["cond"]["deep"]]),
+                        "key": (2 * self.b,) + tuple(e["cond"]["key"][1:])}
+        return e.get(which)
+
+    def __call__(self, i: int, inp: torch.Tensor, t, tokens: torch.Tensor, which: str) -> torch.Tensor:
+        if self.interval > 1:
+            entry = self._entry(which) if i % self.interval else None
+            if entry is None:  # a full step: it refreshes the cache; entries of earlier steps are stale
+                if self.step != i:
+                    self.entries, self.step = {}, i
+                entry = self.entries[which] = {}
+                out = self.unet(inp, t, tokens, cache=entry, reuse_deep=False)
+            else:
+                out = self.unet(inp, t, tokens, cache=entry, reuse_deep=True)
+        else:
+            out = self.unet(inp, t, tokens)
+        out = out.sample if hasattr(out, "sample") else out
+        return out.to(self.out_dtype)

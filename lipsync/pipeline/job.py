@@ -33,7 +33,7 @@ from lipsync.pipeline.denoise import DenoiseSettings
 from lipsync.pipeline.frames import FrameItem, FrameSource
 from lipsync.media.formats import FPS
 from lipsync.pipeline.inputs import renamed_errors
-from lipsync.pipeline.stages import SpeechFeatures, Speech, WindowInput, denoise_settings, window_planner
+from lipsync.pipeline.stages import SpeechFeatures, Speech, WindowInput, settings_of_options, window_planner
 from lipsync.pipeline.windows import Window, WindowPlanner
 
 
@@ -82,7 +82,7 @@ class JobSetup:
             raise ValueError("give exactly one of a video or an image")
         source_uri = video if video is not None else image
         speech = self.speech.speech(audio, text, lang, voice, opts.silence_gating)
-        settings = denoise_settings(self.profile, opts.num_steps, opts.guidance_scale, opts.deepcache_interval)
+        settings = settings_of_options(self.profile, opts)  # each option given, else the profile's
         planner = window_planner(self.profile, opts.overlap)
         with local_input(source_uri) as local, renamed_errors(local, source_uri):
             if is_remote(source_uri):

@@ -41,15 +41,32 @@ class GenerateResult:
     elapsed_seconds: float
     random_init: bool
     notes: list[str] = field(default_factory=list)
+    # Seconds per stage (STAGES order; the denoiser's parts measured inside it, the others around it).
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def frames_per_second(self) -> float:
         return self.frames / self.elapsed_seconds if self.elapsed_seconds > 0 else float("nan")
 
     def summary(self) -> str:
-        return (f"{self.output}: {self.frames} frames ({self.media_seconds:.2f} s, "
+        text = (f"{self.output}: {self.frames} frames ({self.media_seconds:.2f} s, "
                 f"{self.frames_with_face} with a face) in {self.elapsed_seconds:.1f} s, "
                 f"{self.frames_per_second:.2f} frames/s")
+        if self.stages:
+            text += "\n  stages: " + stage_text(self.stages)
+        return text
+
+
+# The stages of ``lipsync generate`` as its summary reports them: setup (the speech loaded and
+# encoded, the video opened), decode + face (frames decoded, faces tracked and aligned, crops and
+# audio tokens per window), the denoiser's VAE encode / UNet / VAE decode, composite (cross-fade and
+# paste back), encode (the output video written).
+STAGES = ("setup", "decode+face", "vae_encode", "unet", "vae_decode", "composite", "encode")
+
+
+def stage_text(stages: dict[str, float]) -> str:
+    total = sum(stages.values()) or 1.0
+    return ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in stages.items())
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -123,6 +140,15 @@ class LipSyncPipeline:
         if (video is None) == (image is None):
             raise ValueError("give exactly one of a video or an image")
         t0 = time.perf_counter()
+        stages = dict.fromkeys(STAGES, 0.0)
+        den = self.stage_denoiser.windows
+        den.timings = stages  # the denoiser adds its vae_encode / unet / vae_decode
+
+        def timed(stage: str, since: float) -> float:
+            now = time.perf_counter()
+            stages[stage] += now - since
+            return now
+
         # frames waiting for their crops, with their alignment and crop points
         frames: dict[int, tuple[FrameItem, np.ndarray | None, np.ndarray | None]] = {}
         pending: list[WindowInput] = []
@@ -133,6 +159,7 @@ class LipSyncPipeline:
                                 options=opts, detector=detector) as job, \
                 VideoWriter(output, fps=FPS, audio=job.speech.driving.native,
                             audio_rate=job.speech.driving.native_rate) as writer:
+            tick = timed("setup", t0)
             n_out = job.num_frames
             compositor = Compositor(self.composite, job.planner.overlap)
 
@@ -144,14 +171,18 @@ class LipSyncPipeline:
                 while state["next"] < limit and state["next"] in frames:
                     j = state["next"]
                     item, matrix, points = frames.pop(j)
+                    t = time.perf_counter()
                     frame, pasted = compositor.frame(j, item.image, matrix, points)
+                    t = timed("composite", t)
                     state["with_face"] += pasted
                     writer.write(frame)
+                    timed("encode", t)
                     state["next"] += 1
                     if progress:
                         progress(state["next"], n_out)
 
             for step in job.steps():
+                tick = timed("decode+face", tick)
                 if step.item is not None:
                     frames[step.item.index] = (step.item, step.matrix, step.points)
                 pending += step.windows

@@ -9,8 +9,8 @@ one implementation of every step:
   smoothed, registered alignments -> crops and the composite's crop points). ``lipsync.pipeline.job``
   sets a job up once (inputs fetched and decoded once, settings, window planner, frames) and streams
   the two into windows, each with its crops and audio tokens.
-* :class:`Denoiser` (GPU, or CPU): windows -> regenerated crops (VAE encode, DDIM with audio
-  guidance, VAE decode), batched, possibly across videos with different settings and seeds.
+* :class:`Denoiser` (GPU, or CPU): windows -> regenerated crops (VAE encode, DDIM or a multistep
+  solver with audio guidance, VAE decode), batched, possibly across videos with different settings and seeds.
 * :class:`Compositor` (CPU): cross-fades the overlapping windows and composites each frame's crop
   back into the original frame (:mod:`lipsync.face.composite`, or LatentSync's plain paste).
 """
@@ -98,10 +98,24 @@ def composite_spec_of(profile) -> CompositeSpec:
 
 
 def denoise_settings(profile, num_steps: int | None, guidance_scale: float | None,
-                     deepcache_interval: int = 0) -> DenoiseSettings:
+                     deepcache_interval: int | None = None, scheduler: str | None = None,
+                     guidance_interval: float | None = None) -> DenoiseSettings:
+    """The denoise settings of a job: each option given, else the profile's. ``guidance_interval``
+    (an option) is the guided fraction of the steps from the first, i.e. the interval (0, x)."""
+    interval = profile.guidance_interval if guidance_interval is None else (0.0, float(guidance_interval))
     return DenoiseSettings(int(num_steps or profile.num_steps),
                            float(profile.guidance_scale if guidance_scale is None else guidance_scale),
-                           int(deepcache_interval), int(profile.reference_shift), mask_resize_of(profile))
+                           int(profile.deepcache_interval if deepcache_interval is None else deepcache_interval),
+                           int(profile.reference_shift), mask_resize_of(profile),
+                           scheduler=str(scheduler or profile.scheduler),
+                           guidance_interval=tuple(float(v) for v in interval),
+                           cfg_batched=bool(getattr(profile, "cfg_batched", True)))
+
+
+def settings_of_options(profile, opts) -> DenoiseSettings:
+    """:func:`denoise_settings` from a ``GenerateOptions``."""
+    return denoise_settings(profile, opts.num_steps, opts.guidance_scale, opts.deepcache_interval,
+                            getattr(opts, "scheduler", None), getattr(opts, "guidance_interval", None))
 
 
 def window_planner(profile, overlap: int | None) -> WindowPlanner:
@@ -188,7 +202,7 @@ class Denoiser:
         groups: dict[tuple, list[int]] = {}
         for i, w in enumerate(inputs):
             s = settings[i]
-            groups.setdefault((len(w.window), s.num_steps, s.guidance_scale, s.deepcache_interval), []).append(i)
+            groups.setdefault((len(w.window),) + s.group_key, []).append(i)
         keep = 1.0 - self.regen_mask
         for idx in groups.values():
             step = max_batch or len(idx)
