@@ -39,9 +39,11 @@ from ray.serve.handle import DeploymentHandle
 
 from lipsync import __version__
 from lipsync.options import REQUEST_OPTIONS, as_values
-from serve.config import AppSettings, load_settings
+from serve import limits as admission
+from serve.access import AccessMiddleware, authorized, configure_access
+from serve.config import AppSettings, load_settings, resolve_api_key
 from serve.errors import ApiError
-from serve.limits import BodyLimitMiddleware, configure_body_limits
+from serve.limits import BodyLimitMiddleware, busy_error, configure_body_limits
 from serve.model import LipSyncModel
 from serve.store import JobStore, new_job_id, valid_job_id
 from serve.request import GenerateForm, generate_form, options_document
@@ -61,6 +63,7 @@ api = FastAPI(
                 "`GET /jobs/{id}/result`). Errors are JSON: `{\"detail\": ..., \"error\": ...}`.",
 )
 api.add_middleware(BodyLimitMiddleware)
+api.add_middleware(AccessMiddleware)  # added last: the outermost, so a refused request is not read
 
 
 @api.exception_handler(ApiError)
@@ -144,13 +147,16 @@ class LipSyncIngress:
         self.settings: AppSettings = load_settings(settings)
         self.limits = self.settings.limits
         configure_body_limits(self.limits)
+        # build_app resolved the key (flag, config or the deploying shell's $LIPSYNC_API_KEY) to its hash.
+        configure_access(self.settings.access, self.settings.access.api_key_sha256
+                         or resolve_api_key(self.settings.access))
         self.state_dir = self.settings.resolved_state_dir()
         self.store = JobStore(self.state_dir)
         self.actor = _actor_name()
         self.owner = f"{self.actor or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.tmp_root = self.state_dir / "tmp"
         self.tmp_root.mkdir(parents=True, exist_ok=True)
-        self.pending = 0
+        self.submitting = 0  # POST /jobs between the queue check and the record (counted against max_queued)
         self.running: dict[str, asyncio.Task] = {}
         self.wake = asyncio.Event()
         self.closing = False
@@ -182,15 +188,20 @@ class LipSyncIngress:
         path, media_type = known[name]
         return FileResponse(path, media_type=media_type, filename=name, content_disposition_type="inline")
 
-    @api.get("/healthz", summary="health and load of this ingress replica")
-    async def healthz(self):
+    @api.get("/healthz", summary="health and load of this ingress replica (open without the API key: "
+                                 "then only the status)")
+    async def healthz(self, request: Request):
         try:
             counts = await asyncio.to_thread(self.store.counts)
         except Exception as err:  # the state dir is gone or locked
             raise ApiError(503, f"job store unavailable: {type(err).__name__}", "Unavailable") from None
+        if not authorized(request.scope.get("headers", [])):
+            return {"status": "ok"}
         return {"status": "ok", "version": __version__, "mode": self.settings.mode,
                 "profile": self.settings.model.profile, "replica": self.actor,
-                "pending_requests": self.pending, "running_jobs_here": len(self.running), "jobs": counts}
+                "pending_requests": admission.ADMISSION["generate"],
+                "uploads_in_progress": admission.ADMISSION["uploads"],
+                "running_jobs_here": len(self.running), "jobs": counts}
 
     @api.get("/options", summary="the generation options: as declared, with this server's defaults and limits")
     async def options(self):
@@ -210,9 +221,9 @@ class LipSyncIngress:
     @api.post("/generate", response_class=Response, responses={**MP4_RESPONSE, **ERROR_RESPONSES},
               summary="lip-sync a face video or image to speech or text; answers the mp4")
     async def generate(self, form: GenerateForm = Depends(generate_form)):
-        if self.pending >= self.limits.max_pending_requests:
-            raise self._busy(f"{self.pending} requests are already being served")
-        self.pending += 1
+        if admission.ADMISSION["generate"] >= self.limits.max_pending_requests:
+            raise self._busy(f"{admission.ADMISSION['generate']} requests are already being served")
+        admission.ADMISSION["generate"] += 1
         work = self.tmp_root / uuid.uuid4().hex
         try:
             work.mkdir(parents=True)
@@ -237,7 +248,7 @@ class LipSyncIngress:
                 headers["X-LipSync-Random-Weights"] = "1"
             return Response(content=result["video"], media_type="video/mp4", headers=headers)
         finally:
-            self.pending -= 1
+            admission.ADMISSION["generate"] -= 1
             shutil.rmtree(work, ignore_errors=True)
 
     # -- jobs ------------------------------------------------------------------------------------------
@@ -245,9 +256,11 @@ class LipSyncIngress:
               summary="queue a lip-sync job (same fields as /generate); answers its id")
     async def submit_job(self, form: GenerateForm = Depends(generate_form)):
         counts = await asyncio.to_thread(self.store.counts)
-        active = counts["queued"] + counts["running"]
+        active = counts["queued"] + counts["running"] + self.submitting
         if active >= self.settings.jobs.max_queued:
-            raise self._busy(f"{active} jobs are already queued or running")
+            raise self._busy(f"{active} jobs are already queued or running (the limit is "
+                             f"{self.settings.jobs.max_queued})")
+        self.submitting += 1  # holds a place in the queue while the inputs are checked
         job_id = new_job_id()
         job_dir = self.store.job_dir(job_id)
         try:
@@ -257,6 +270,8 @@ class LipSyncIngress:
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
+        finally:
+            self.submitting -= 1
         self.wake.set()
         return JSONResponse({"id": job_id, "status": "queued", "status_url": f"/jobs/{job_id}",
                              "result_url": f"/jobs/{job_id}/result"},
@@ -301,8 +316,7 @@ class LipSyncIngress:
         return job
 
     def _busy(self, why: str) -> ApiError:
-        return ApiError(503, f"server busy: {why}; retry after {self.limits.retry_after_s} s", "Busy",
-                        {"Retry-After": str(self.limits.retry_after_s)})
+        return busy_error(why, self.limits)
 
     async def _prepare(self, form: GenerateForm, folder: Path, sync: bool) -> dict:
         """Check the form, store its files in ``folder`` under server-chosen names, probe them.
@@ -541,8 +555,13 @@ def build_app(args: dict | None = None):
         model_settings["device"] = "cpu"
     model = LipSyncModel.options(**model_options).bind(model_settings)
     settings.state_dir = str(settings.resolved_state_dir())
+    # Only the key's hash goes into the deployment's arguments (which Serve keeps and shows).
+    settings.access.api_key_sha256 = resolve_api_key(settings.access)
+    settings.access.api_key = None
     ing = settings.ingress
     return LipSyncIngress.options(
         num_replicas=ing.num_replicas, ray_actor_options={"num_cpus": ing.num_cpus},
         max_ongoing_requests=ing.max_ongoing_requests, health_check_period_s=ing.health_check_period_s,
+        max_queued_requests=ing.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": settings.limits.retry_after_s},
     ).bind(model, settings.to_dict())

@@ -105,6 +105,13 @@ PAGE = """<!doctype html>
     <span class="hint">自带样例 / bundled sample: face.mp4 + speech.wav</span>
   </div>
   <form id="form" autocomplete="off" novalidate>
+    <fieldset id="key_box" hidden>
+      <legend>API 密钥 / API key</legend>
+      <input id="api_key" type="password" autocomplete="off" spellcheck="false" style="width:100%"
+             placeholder="本服务器需要 API 密钥 / this server requires an API key">
+      <div class="hint">仅保存在本标签页 / kept in this browser tab only (sessionStorage), sent as
+        <code>X-API-Key</code>.</div>
+    </fieldset>
     <fieldset>
       <legend>人脸视频或图片 / Face video or image</legend>
       <input id="face" name="face_file" type="file" accept="__FACE_ACCEPT__">
@@ -169,6 +176,19 @@ const CONFIG = __CONFIG__;
 const $ = (id) => document.getElementById(id);
 const optionInputs = () => Array.from(document.querySelectorAll("[data-option]"));
 
+// -- the API key (when the server asks for one) ---------------------------------------------------
+if (CONFIG.api_key_required) {
+  $("key_box").hidden = false;
+  $("api_key").value = sessionStorage.getItem("lipsync_api_key") || "";
+  $("api_key").addEventListener("change", () => sessionStorage.setItem("lipsync_api_key", $("api_key").value.trim()));
+}
+function apiFetch(url, options) {
+  const opts = Object.assign({}, options || {});
+  const key = CONFIG.api_key_required ? $("api_key").value.trim() : "";
+  if (key) opts.headers = Object.assign({}, opts.headers || {}, {"X-API-Key": key});
+  return fetch(url, opts);
+}
+
 function speechMode() { return document.querySelector('input[name=speech]:checked').value; }
 $("text").addEventListener("input", () => {
   if ($("text").value.trim()) document.querySelector('input[name=speech][value=text]').checked = true;
@@ -221,7 +241,7 @@ $("example").addEventListener("click", async () => {
   showError("");
   try {
     const files = await Promise.all(CONFIG.examples.map(async ([name, type]) => {
-      const r = await fetch("/examples/" + name);
+      const r = await apiFetch("/examples/" + name);
       if (!r.ok) throw new Error(await errorText(r));
       return new File([await r.blob()], name, {type});
     }));
@@ -282,7 +302,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function pollJob(id, started) {
   for (;;) {
     let r;
-    try { r = await fetch("/jobs/" + id, {cache: "no-store"}); }
+    try { r = await apiFetch("/jobs/" + id, {cache: "no-store"}); }
     catch (e) { setStatus("连接中断，重试中 / connection lost, retrying..."); await sleep(2000); continue; }
     if (!r.ok) throw new Error(await errorText(r));
     const job = await r.json();
@@ -337,20 +357,27 @@ $("form").addEventListener("submit", async (ev) => {
   setStatus("上传中 / uploading...");
   const started = Date.now();
   try {
-    const r = await fetch("/jobs", {method: "POST", body: form});
+    const r = await apiFetch("/jobs", {method: "POST", body: form});
     if (!r.ok) throw new Error(await errorText(r));
     const {id} = await r.json();
     $("result").dataset.job = id;
     setStatus("已提交 / submitted: job " + id.slice(0, 8));
     const job = await pollJob(id, started);
-    const url = "/jobs/" + id + "/result";
+    let url = "/jobs/" + id + "/result", downloadUrl = url + "?download=true";
+    if (CONFIG.api_key_required) {  // a <video> cannot send the key: fetch the mp4 with it, play it locally
+      const res = await apiFetch(url);
+      if (!res.ok) throw new Error(await errorText(res));
+      if (previewUrls.result) URL.revokeObjectURL(previewUrls.result);
+      url = downloadUrl = previewUrls.result = URL.createObjectURL(await res.blob());
+    }
     const video = $("video");
     video.src = url;
     video.load();
     const download = $("download");
-    download.href = url + "?download=true";
+    download.href = downloadUrl;
     download.download = "lipsync-" + stemOf(face.name) + "-" + id.slice(0, 8) + ".mp4";
     $("job_link").href = "/jobs/" + id;
+    $("job_link").hidden = !!CONFIG.api_key_required;  // a plain link cannot send the key
     $("notes").textContent = (job.notes || []).join(" · ");
     $("result").style.display = "block";
     setProgress(1);
@@ -445,11 +472,16 @@ def advanced_html(settings: AppSettings) -> str:
     return "\n".join(_option_html(opt, defaults[opt.name], settings) for opt in REQUEST_OPTIONS)
 
 
-def render_page(settings: AppSettings) -> str:
+def render_page(settings: AppSettings, api_key_required: bool | None = None) -> str:
+    """The page; with ``api_key_required`` (default: whether this process has a key configured,
+    ``serve.access``) it asks for the key and sends it with every request."""
+    from serve.access import key_required
+
     lim = settings.limits
     face_types = [*lim.video_types, *lim.image_types]
     config = {"image_types": lim.image_types, "max_upload_mb": lim.max_upload_mb,
-              "examples": list(EXAMPLE_FILES.items())}
+              "examples": list(EXAMPLE_FILES.items()),
+              "api_key_required": key_required() if api_key_required is None else bool(api_key_required)}
     values = {
         "__FACE_ACCEPT__": ",".join(["video/*", "image/*", *face_types]),
         "__FACE_HINT__": html.escape(" ".join(face_types)),

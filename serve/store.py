@@ -88,8 +88,8 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def valid_job_id(job_id: str) -> bool:
-    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+def valid_job_id(job_id) -> bool:
+    return isinstance(job_id, str) and len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
 
 
 class JobStore:
@@ -132,6 +132,8 @@ class JobStore:
         return Job(**d)
 
     def job_dir(self, job_id: str) -> Path:
+        if not valid_job_id(job_id):  # a job id is 32 hex digits; anything else never becomes a path
+            raise ValueError(f"not a job id: {str(job_id)[:64]!r}")
         return self.jobs_dir / job_id
 
     def result_path(self, job_id: str) -> Path:
