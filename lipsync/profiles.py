@@ -55,6 +55,9 @@ class Profile:
     vae: dict
     audio: dict
     crop_aspect: float = 1.0
+    # Framing of the crops (lipsync.face.aligner): template (ours: template fit, smoothed and
+    # registered), latentsync (LatentSync's AlignRestore per frame, exactly) or latentsync-steady.
+    align: str = "template"
     mask: dict = field(default_factory=lambda: {"top": 0.5, "side": 0.0})
     window: int = 16
     overlap: int = 4

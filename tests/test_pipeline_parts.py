@@ -165,21 +165,6 @@ def test_reference_shift_feeds_another_frame_of_the_window_as_reference(shift):
         assert torch.allclose(seen[0][0, :, i], own[(i + shift) % f], atol=1e-5)
 
 
-def test_paste_mask_keeps_the_box_corners_when_the_profile_has_an_ellipse():
-    """tiny pastes the regenerated box cut to a face ellipse: the lips and the chin are pasted, the
-    box's lower corners (background beside the jaw) and the whole upper face are not."""
-    from lipsync.pipeline.stages import paste_mask_of, regen_mask_of
-
-    prof = load_profile("tiny")
-    box, paste = regen_mask_of(prof), paste_mask_of(prof)
-    s = prof.resolution
-    assert paste.shape == box.shape and np.all(paste <= box)
-    assert paste[int(0.6 * s), s // 2] == 1 and paste[int(0.88 * s), s // 2] == 1  # lips, chin
-    assert paste[int(0.95 * s), int(0.05 * s)] == 0 and box[int(0.95 * s), int(0.05 * s)] == 1  # a corner
-    assert not paste[: s // 2].any()
-    assert np.array_equal(paste_mask_of(load_profile("latentsync-1.5")), regen_mask_of(load_profile("latentsync-1.5")))
-
-
 # -- samplers, guidance interval, DeepCache (issue 22) ---------------------------------------------
 
 @pytest.fixture(scope="module")

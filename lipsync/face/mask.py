@@ -25,14 +25,6 @@ def lower_face_mask(size: int, top: float = 0.5, side: float = 0.0, bottom: floa
     return m
 
 
-def ellipse_mask(size: int, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
-    """Filled ellipse (centre and radii as fractions of the crop), 1 inside."""
-    if rx <= 0 or ry <= 0:
-        raise ValueError(f"ellipse radii must be positive, got rx={rx}, ry={ry}")
-    v, u = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size
-    return (((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2 <= 1.0).astype(np.float32)
-
-
 # Lower face outline: jaw from the cheek at nose height over the chin, plus the nose's lower rim;
 # the lips lie inside but are added so an open jaw never leaves them out.
 _LOWER_FACE = tuple(lmk.JAW[2:-2]) + lmk.NOSE_BOTTOM_ARC + lmk.LIPS_OUTER

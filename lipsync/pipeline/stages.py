@@ -12,7 +12,8 @@ one implementation of every step:
 * :class:`Denoiser` (GPU, or CPU): windows -> regenerated crops (VAE encode, DDIM or a multistep
   solver with audio guidance, VAE decode), batched, possibly across videos with different settings and seeds.
 * :class:`Compositor` (CPU): cross-fades the overlapping windows and composites each frame's crop
-  back into the original frame (:mod:`lipsync.face.composite`, or LatentSync's plain paste).
+  back into the original frame (:mod:`lipsync.face.composite`, or LatentSync's own paste-back,
+  :func:`lipsync.pipeline.latentsync_exact.restore_frame`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lipsync.face import lower_face_mask, paste_back
+from lipsync.face import lower_face_mask
 from lipsync.face.composite import COMPOSITE_MODES, composite_person
 from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser, mask_resize_of
 from lipsync.pipeline.inputs import DrivingAudio, load_driving_audio, voice_activity
@@ -68,33 +69,22 @@ def regen_mask_of(profile) -> np.ndarray:
                            side=float(mask.get("side", 0.0)))
 
 
-def paste_mask_of(profile) -> np.ndarray:
-    """Where generated pixels replace the frame's (1 = pasted): the regenerated region, cut to the
-    profile's ``mask.paste_ellipse`` (cx, cy, rx, ry as fractions of the crop) when it has one, so
-    the background in the box's corners stays the input's whatever the VAE does to it."""
-    regen = regen_mask_of(profile)
-    ellipse = (profile.mask or {}).get("paste_ellipse")
-    if not ellipse:
-        return regen
-    from lipsync.face.mask import ellipse_mask
-
-    return regen * ellipse_mask(regen.shape[0], *(float(v) for v in ellipse))
-
-
 @dataclass
 class CompositeSpec:
-    """How regenerated crops go back into frames: the profile's ``composite`` mode with its masks."""
+    """How regenerated crops go back into frames: the profile's ``composite`` mode, the model's
+    regenerated region and the profile's framing (``align``: the latentsync mode re-cuts each
+    frame's input crop as the aligner cut it)."""
 
-    mode: str  # person: keep the person (lipsync.face.composite); latentsync: paste the mask's region
-    paste_mask: np.ndarray  # latentsync mode: crop region whose generated pixels replace the frame's
-    regen_mask: np.ndarray  # person mode: the model's regenerated region (the composite stays inside)
+    mode: str  # person: keep the person (lipsync.face.composite); latentsync: LatentSync's paste-back
+    regen_mask: np.ndarray  # the model's regenerated region on the crop (1 = generated)
+    align: str = "template"  # lipsync.face.aligner.ALIGN_MODES
 
 
 def composite_spec_of(profile) -> CompositeSpec:
     mode = profile.composite
     if mode not in COMPOSITE_MODES:
         raise ValueError(f"profile {profile.name!r}: composite must be one of {COMPOSITE_MODES}, got {mode!r}")
-    return CompositeSpec(mode, paste_mask_of(profile), regen_mask_of(profile))
+    return CompositeSpec(mode, regen_mask_of(profile), str(getattr(profile, "align", "template")))
 
 
 def denoise_settings(profile, num_steps: int | None, guidance_scale: float | None,
@@ -234,7 +224,10 @@ class Compositor:
               points: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
         """Output frame ``index``: the image with its regenerated face composited in, and whether it
         was. A frame without a generated crop (no face) passes through untouched. ``points``: the
-        frame's :func:`crop_points`, which the person composite needs."""
+        frame's :func:`crop_points`, which the person composite needs. The latentsync mode does what
+        LatentSync does: in crop space the generated pixels only where the mask regenerates and the
+        input crop elsewhere (their paste_surrounding_pixels_back, blended by the soft mask), then
+        their restore (:func:`lipsync.pipeline.latentsync_exact.restore_frame`)."""
         crop = self.blender.pop(index)
         if crop is None or matrix is None:
             return image, False
@@ -242,4 +235,10 @@ class Compositor:
             if points is None or not np.isfinite(points).all():
                 raise ValueError(f"frame {index}: the person composite needs the face's crop points")
             return composite_person(image, crop, matrix, points, self.spec.regen_mask), True
-        return paste_back(image, crop, matrix, self.spec.paste_mask), True
+        from lipsync.face.aligner import cut_crop
+        from lipsync.pipeline.latentsync_exact import restore_frame
+
+        regen = np.asarray(self.spec.regen_mask, np.float32)[..., None]
+        source = cut_crop(image, matrix, crop.shape[0], self.spec.align)
+        pasted = crop.astype(np.float32) * regen + source.astype(np.float32) * (1.0 - regen)
+        return restore_frame(image, pasted, matrix), True
