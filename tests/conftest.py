@@ -226,3 +226,15 @@ class MediaKit:
 @pytest.fixture(scope="session")
 def media_kit() -> type[MediaKit]:
     return MediaKit
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """The bundled tiny model on CPU, loaded once for every test that generates in-process."""
+    import warnings
+
+    from lipsync.pipeline import LipSyncPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return LipSyncPipeline.from_profile("tiny", device="cpu")

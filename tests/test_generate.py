@@ -7,7 +7,6 @@ frames without a face pass through, and bad input fails cleanly without leaving 
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import torch
@@ -16,17 +15,15 @@ import pytest
 from face_helpers import load_astronaut, paste_face, textured_background
 from lipsync.errors import CorruptMediaError, NoFaceError
 from lipsync.media import VideoWriter, iter_frames, load_audio, probe, save_wav
-from lipsync.pipeline import GenerateOptions, LipSyncPipeline
+from lipsync.pipeline import GenerateOptions
 from lipsync.synth.corpus import load_landmarks, make_clip
 
 FAST = GenerateOptions(num_steps=2)
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return LipSyncPipeline.from_profile("tiny", device="cpu")
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 @pytest.fixture(scope="module")

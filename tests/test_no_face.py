@@ -61,7 +61,6 @@ def test_face_missing_mid_clip_only_those_frames_untouched(tmp_path):
 
 
 # -- the no_face policy of whole videos (generate, the batch stages) and the input limits ----------
-import warnings  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -71,12 +70,8 @@ from lipsync.options import GenerateOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    from lipsync.pipeline import LipSyncPipeline
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return LipSyncPipeline.from_profile("tiny", device="cpu")
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 @pytest.fixture(scope="module")
