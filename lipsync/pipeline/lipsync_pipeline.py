@@ -190,10 +190,14 @@ class LipSyncPipeline:
                     run(pending)
                     pending = []
                 flush(min([step.settled] + [w.window.start for w in pending]))
+                tick = time.perf_counter()
             flush(n_out)
             # No face anywhere, by the no_face policy (default here: error): NoFaceError, and the atomic
             # writer drops the output; or passthrough: the frames, untouched, with the new speech.
             no_face = job.check_faces(state["with_face"], default="error")
+            tick = time.perf_counter()
+        den.timings = None
+        timed("encode", tick)  # the writer's close: the last frames encoded, the audio muxed
         notes = job.notes() + ([NO_FACE_NOTE] if no_face else [])
         return GenerateResult(output, n_out, state["with_face"], n_out / FPS, time.perf_counter() - t0,
-                              self.components.random_init, notes)
+                              self.components.random_init, notes, stages)
