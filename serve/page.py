@@ -456,6 +456,9 @@ def _option_html(opt: Option, default: Any, settings: AppSettings) -> str:
     elif opt.kind == "choice":
         items = "".join(f'<option value="{esc(c)}"{" selected" if c == default else ""}>'
                         f'{esc(c)}{" (默认 / default)" if c == default else ""}</option>' for c in opt.choices)
+        if default is None or default not in opt.choices:  # e.g. "the profile's": an empty choice, not sent
+            items = f'<option value="" selected>{esc(default_text)} (默认 / default)</option>' + items
+            default = ""
         control = f'<select {common} data-default="{esc(default)}">{items}</select>'
     else:  # face, or any text-valued option
         control = f'<input {common} type="text" placeholder="{esc(default_text)}" spellcheck="false">'
