@@ -94,7 +94,7 @@ def _defaults_options(self) -> GenerateOptions:
 Defaults = dataclasses.make_dataclass(
     "Defaults",
     [*((o.name, Any, field(default=o.default)) for o in REQUEST_OPTIONS),
-     ("web_num_steps", "int | None", field(default=10))],  # the web page's slider starts here
+     ("web_num_steps", "int | None", field(default=None))],  # the page's step field starts here (None: empty)
     namespace={"options": _defaults_options,
                "__doc__": "Generation options when a request does not give them (lipsync/options.py)."})
 Defaults.__module__ = __name__  # pickled by reference, like the other settings classes

@@ -411,10 +411,11 @@ def server_defaults(settings: AppSettings) -> dict[str, Any]:
     return out
 
 
-def web_num_steps(settings: AppSettings) -> int:
-    """The step count the page starts from (``defaults.web_num_steps``, within the limit)."""
-    steps = getattr(settings.defaults, "web_num_steps", None) or 10
-    return max(1, min(int(steps), settings.limits.max_num_steps))
+def web_num_steps(settings: AppSettings) -> int | None:
+    """The step count the page starts from (``defaults.web_num_steps``, within the limit); None: the
+    page starts empty, so a job gets what the CLI and the API give (the server's default)."""
+    steps = getattr(settings.defaults, "web_num_steps", None)
+    return None if steps is None else max(1, min(int(steps), settings.limits.max_num_steps))
 
 
 def _help_text(opt: Option, default: Any) -> str:
@@ -448,7 +449,7 @@ def _option_html(opt: Option, default: Any, settings: AppSettings) -> str:
             attrs.append(f'min="{_num(lo)}"')
         if hi is not None:
             attrs.append(f'max="{_num(hi)}"')
-        if opt.name == "num_steps":  # the page starts from its own, quicker step count
+        if opt.name == "num_steps" and web_num_steps(settings) is not None:  # a deployment's quicker start
             attrs.append(f'value="{web_num_steps(settings)}"')
         control = f"<input {' '.join(attrs)}>"
     elif opt.kind == "bool":
@@ -463,7 +464,7 @@ def _option_html(opt: Option, default: Any, settings: AppSettings) -> str:
     else:  # face, or any text-valued option
         control = f'<input {common} type="text" placeholder="{esc(default_text)}" spellcheck="false">'
     note = ""
-    if opt.name == "num_steps":
+    if opt.name == "num_steps" and web_num_steps(settings) is not None:
         note = (f" 网页初始值 / this page starts at {web_num_steps(settings)}; "
                 "清空即服务器默认 / clear it for the server's default.")
     return (f'        <div class="opt"><label for="{ident}">{title}</label>{control}'

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import File, Form, UploadFile
 
+from lipsync.media.formats import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from lipsync.options import REQUEST_OPTIONS, GenerateOptions, Option, as_values, options_from
 from serve.config import AppSettings
 
@@ -48,15 +49,19 @@ def option_parameter(o: Option) -> inspect.Parameter:
     return inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
+def _kinds(suffixes) -> str:
+    return ", ".join(s.lstrip(".") for s in suffixes)
+
+
 _INPUT_PARAMETERS = [
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
     for name, annotation, default in (
-        ("video", Annotated[UploadFile | None, File(description="face video (mp4, mov, m4v, mkv, webm, avi); "
+        ("video", Annotated[UploadFile | None, File(description=f"face video ({_kinds(VIDEO_SUFFIXES)}); "
                                                                 "a still image here is taken as `image`")], None),
-        ("image", Annotated[UploadFile | None, File(description="still image with a face (png, jpg, bmp, webp)")],
-         None),
-        ("audio", Annotated[UploadFile | None, File(description="driving speech (wav, mp3, flac, m4a, aac, ogg, "
-                                                                "opus, or a video's audio track)")], None),
+        ("image", Annotated[UploadFile | None, File(description=f"still image with a face "
+                                                                f"({_kinds(IMAGE_SUFFIXES)})")], None),
+        ("audio", Annotated[UploadFile | None, File(description=f"driving speech ({_kinds(AUDIO_SUFFIXES)}, "
+                                                                "or a video's audio track)")], None),
         ("text", Annotated[str | None, Form(description="text to speak instead of `audio` (offline TTS)")], None),
         ("lang", Annotated[str, Form(description="language of `text`: en, zh, es, fr, de, ... (default: en)")],
          "en"),
