@@ -7,6 +7,10 @@ Measures, for latentsync-1.5 (256 px) and latentsync-1.6 (512 px):
   * denoising frames/s (20 DDIM steps, audio CFG, 16-frame windows) for fp16 / bf16, window batch
     1 / 2 / 4, DeepCache off / on (interval 3), torch.compile off / on (on: batch 1, no DeepCache, to
     bound compile time), with the scaled-dot-product attention kernel that ran;
+  * the samplers (issue 22): frames/s of whole windows (VAE encode, denoising, VAE decode; fp16,
+    batch 1) for DDIM-20 (LatentSync's path, the baseline) and the faster settings, e.g.
+    dpmsolver++ 8 steps, unipc 6, with guidance on the first 60 % of the steps, DeepCache 2, and
+    each one's speed-up over DDIM-20 (quality of these settings: benchmarks/speed_quality.py);
   * VAE encode / decode frames/s;
   * the UNet's FLOPs per frame per pass (counted) and the fraction of the card's dense fp16/bf16 peak;
   * peak GPU memory of ``lipsync generate`` (latentsync-1.5) for a 10 s and a 60 s input (streaming:
@@ -42,6 +46,13 @@ class Plan:
     batches: tuple = (1, 2, 4)
     deepcache: tuple = (0, 3)
     compile_dtypes: tuple = ("fp16",)
+    # (label, scheduler, steps, guidance interval, DeepCache); the first is the baseline
+    samplers: tuple = (("ddim-20", "ddim", 20, 1.0, 0), ("ddim-10", "ddim", 10, 1.0, 0),
+                       ("dpmsolver++-8", "dpmsolver++", 8, 1.0, 0), ("dpmsolver++-6", "dpmsolver++", 6, 1.0, 0),
+                       ("unipc-6", "unipc", 6, 1.0, 0), ("unipc-5", "unipc", 5, 1.0, 0),
+                       ("dpmsolver++-8-g0.6", "dpmsolver++", 8, 0.6, 0), ("unipc-6-g0.6", "unipc", 6, 0.6, 0),
+                       ("dpmsolver++-8-dc2", "dpmsolver++", 8, 1.0, 2),
+                       ("unipc-6-g0.6-dc2", "unipc", 6, 0.6, 2))
     compile_backend: str = "inductor"
     steps: int = 20
     frames: int = 16
@@ -59,7 +70,9 @@ class Plan:
         # second), clips under a second; "eager" exercises the torch.compile wrapper without a compiler.
         return cls(device="cpu", profiles=("tiny",), dtypes=("fp32", "bf16"), batches=(1, 2), deepcache=(0, 2),
                    compile_dtypes=("fp32",), compile_backend="eager", steps=2, frames=2, memory_profile="tiny",
-                   memory_seconds=(0.4, 0.8), memory_steps=1, e2e_seconds=0.4, e2e_size=(320, 240), e2e_steps=1)
+                   memory_seconds=(0.4, 0.8), memory_steps=1, e2e_seconds=0.4, e2e_size=(320, 240), e2e_steps=1,
+                   samplers=(("ddim-2", "ddim", 2, 1.0, 0), ("dpmsolver++-2-g0.5", "dpmsolver++", 2, 0.5, 0),
+                             ("unipc-2-dc2", "unipc", 2, 1.0, 2)))
 
 
 def sync(device: str) -> None:
@@ -154,6 +167,29 @@ def time_denoise(unet, comp, plan: Plan, dtype, batch: int, deepcache: int) -> f
     return time.perf_counter() - t0
 
 
+def time_sampler(comp, plan: Plan, dtype, scheduler: str, steps: int, interval: float, deepcache: int) -> float:
+    """Seconds for one window through ``WindowDenoiser`` (VAE encode, the sampler's steps with audio
+    guidance 1.5 on the first ``interval`` of them, VAE decode), after a warm-up run."""
+    from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser, latentsync_scheduler
+
+    den = WindowDenoiser(comp.unet, comp.vae, latentsync_scheduler(comp.profile.prediction_type),
+                         comp.scaling_factor, comp.shift_factor, plan.device, dtype)
+    size = comp.profile.resolution
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (1, plan.frames, size, size, 3), dtype=np.uint8)
+    keep = np.ones((size, size), np.float32)
+    keep[size // 2:] = 0
+    tokens = torch.randn(1, plan.frames, *token_shape(comp))
+    settings = DenoiseSettings(steps, 1.5, deepcache, scheduler=scheduler, guidance_interval=(0.0, interval))
+    noise = den.initial_noise(size, 0)
+    den(crops, keep, tokens, noise, settings)  # warm-up
+    sync(plan.device)
+    t0 = time.perf_counter()
+    den(crops, keep, tokens, noise, settings)
+    sync(plan.device)
+    return time.perf_counter() - t0
+
+
 def time_vae(vae, size: int, frames: int, device: str, dtype) -> dict:
     x = torch.rand(frames, 3, size, size, device=device, dtype=dtype) * 2 - 1
 
@@ -238,7 +274,8 @@ def run(plan: Plan, budget_s: float) -> dict:
     t_start = time.perf_counter()
     card, peak = peak_flops(plan.device)
     out: dict = {"device": card, "peak_flops": peak, "torch": torch.__version__, "steps": plan.steps,
-                 "frames_per_window": plan.frames, "denoise": [], "vae": [], "flops": {}, "memory": [], "e2e": None}
+                 "frames_per_window": plan.frames, "denoise": [], "samplers": [], "vae": [], "flops": {}, "memory": [],
+                 "e2e": None}
     comps = {name: random_components(name, plan.device) for name in plan.profiles}
     for comp in comps.values():
         comp.unet.eval()
@@ -277,6 +314,18 @@ def run(plan: Plan, budget_s: float) -> dict:
             out["vae"].append({"profile": name, "dtype": dname,
                                **time_vae(comp.vae.to(dtype), size, plan.frames, plan.device, dtype)})
     dtype = DTYPES[plan.dtypes[0]]
+    for name, comp in comps.items():
+        comp.unet.to(plan.device, dtype)
+        comp.vae.to(plan.device, dtype)
+        base = None
+        for label, sched, steps, interval, dc in plan.samplers:
+            if time.perf_counter() - t_start > budget_s:
+                plan.skipped.append(f"{name} sampler {label}")
+                continue
+            sec = time_sampler(comp, plan, dtype, sched, steps, interval, dc)
+            base = sec if base is None else base
+            out["samplers"].append({"profile": name, "sampler": label, "dtype": plan.dtypes[0], "seconds": sec,
+                                    "frames_per_s": plan.frames / sec, "speedup": base / sec})
     mem = comps.get(plan.memory_profile) or random_components(plan.memory_profile, plan.device)
     with tempfile.TemporaryDirectory(prefix="lipsync-gpu-bench-") as tmp:
         work = Path(tmp)
@@ -308,6 +357,11 @@ def table(r: dict) -> str:
     for name, f in r["flops"].items():
         lines.append(f"{name}: {f['per_frame_per_pass'] / 1e9:.1f} GFLOP per frame per UNet pass, "
                      f"attention kernel: {f['attention']}")
+    if r.get("samplers"):
+        lines.append("samplers (whole windows: VAE encode + steps + VAE decode, batch 1; speed-up vs the first):")
+    for d in r.get("samplers", []):
+        lines.append(f"{d['profile']:16s} {d['sampler']:22s} {d['dtype']:5s} {d['frames_per_s']:9.2f} frames/s "
+                     f"x{d['speedup']:.2f}")
     for v in r["vae"]:
         lines.append(f"VAE {v['profile']} {v['dtype']}: encode {v['encode']:.1f} frames/s, decode {v['decode']:.1f} frames/s")
     for m in r.get("memory", []):

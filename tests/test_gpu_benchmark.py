@@ -32,6 +32,8 @@ def test_gpu_benchmark_dry_run_covers_every_row(tmp_path, capsys):
     assert rows == {(t, b, dc, False) for t in ("fp32", "bf16") for b in (1, 2) for dc in (0, 2)} | {("fp32", 1, 0, True)}
     assert all(d["frames_per_s"] > 0 for d in result["denoise"])
     assert {v["dtype"] for v in result["vae"]} == {"fp32", "bf16"}
+    assert [d["sampler"] for d in result["samplers"]] == ["ddim-2", "dpmsolver++-2-g0.5", "unipc-2-dc2"]
+    assert all(d["frames_per_s"] > 0 for d in result["samplers"]) and result["samplers"][0]["speedup"] == 1.0
     assert result["flops"]["tiny"]["per_frame_per_pass"] > 1e8
     assert [m["seconds"] for m in result["memory"]] == [0.4, 0.8] and result["e2e"]["size"] == [320, 240]
     assert json.loads((tmp_path / "gpu.json").read_text())["device"] == "cpu"
