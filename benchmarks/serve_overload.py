@@ -36,6 +36,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -43,12 +45,7 @@ OK_CODES = {200, 202, 429, 503}
 
 
 def percentile(values, q):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+    return float(np.percentile(values, 100 * q)) if len(values) else float("nan")
 
 
 def free_port() -> int:
