@@ -168,6 +168,13 @@ def _add_synth(sub):
                    help="use this identity number for every clip (0 = the portrait unchanged; default: random per clip)")
     p.add_argument("--faces", default=None,
                    help="folder of frontal portrait photos to build identities from (default: the bundled portrait)")
+    p.add_argument("--speech", default=None,
+                   help="folder of speech recordings (wav/flac/mp3/m4a/ogg): a share of the clips "
+                        "(--speech_fraction) speak a segment of one of them instead of espeak, the mouth "
+                        "articulated from the audio; e.g. lipsync data fetch --mirror ../shared/data/faces-kit "
+                        "--kind speech --split train --link DIR")
+    p.add_argument("--speech_fraction", "--speech-fraction", type=float, default=0.5,
+                   help="with --speech: the share of clips that take a recording, 0..1 (default 0.5)")
     p.set_defaults(func=cmd_synth)
 
 
@@ -176,6 +183,13 @@ def cmd_synth(args) -> int:
     from lipsync.synth.identity import photos_in
 
     faces = photos_in(args.faces) if args.faces else None
+    speech = None
+    if args.speech:
+        from lipsync.synth.recorded import recordings_in
+
+        if not 0.0 <= args.speech_fraction <= 1.0:
+            raise LipSyncError(f"--speech_fraction must be between 0 and 1, got {args.speech_fraction}")
+        speech = recordings_in(args.speech)
     langs = [s.strip() for s in args.langs.split(",")] if args.langs else None
     t0 = time.perf_counter()
     done = []
@@ -187,7 +201,7 @@ def cmd_synth(args) -> int:
 
     rows = make_corpus(args.out, args.num, seconds=args.seconds, seed=args.seed, jobs=args.jobs,
                        progress=progress, size=args.size, split=args.split, langs=langs, faces=faces,
-                       identity=args.identity)
+                       identity=args.identity, speech=speech, speech_fraction=args.speech_fraction)
     print(f"{len(rows)} clips in {args.out} ({time.perf_counter() - t0:.1f} s); manifest: {args.out}/manifest.csv")
     return 0
 
