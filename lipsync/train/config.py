@@ -11,16 +11,23 @@ from lipsync.config_tree import load_tree, merge
 
 from lipsync.errors import LipSyncError
 
-RECIPES = ("vae", "syncnet", "unet_stage1", "unet_stage2")
+RECIPES = ("vae", "syncnet", "unet_stage1", "unet_stage2", "distill")
 
 DEFAULTS: dict = {
-    "recipe": None,  # vae | syncnet | unet_stage1 | unet_stage2
+    "recipe": None,  # vae | syncnet | unet_stage1 | unet_stage2 | distill
     "name": None,  # run name (Ray Train's RunConfig name): default the config file's stem
     "profile": "tiny",  # model profile (architecture, crop size, mask)
     "init_from": None,  # a model folder (our format): weights of the parts this recipe does not train
     "syncnet": None,  # folder of a trained SyncNet (stage 2's supervisor; the SyncNet recipe's start)
     "syncnet_config": {},  # recipe syncnet: SyncNetConfig fields (num_frames, image_size, ...)
     "export_dir": None,  # default <save_dir>/<name>/model
+    "teacher": None,  # recipe distill: the teacher model folder (None: the profile's weights, e.g. the bundled tiny)
+    # recipe distill (lipsync/train/recipes/distill.py); the student starts from init_from, else the teacher
+    "distill": {
+        "num_steps": 4,  # the student's DDIM steps (trailing grid)
+        "teacher_steps": None,  # the teacher's DDIM steps (None: its profile's num_steps); a multiple of num_steps
+        "guidance_scale": None,  # the teacher's audio guidance (None: its profile's guidance_scale)
+    },
     "data": {
         "shards": None,  # the folder `lipsync preprocess` wrote (local or s3://), or a list of them (a mix)
         "train_split": "train",
@@ -128,3 +135,8 @@ def validate(cfg: dict, source: str) -> None:
         raise TrainConfigError(f"{source}: train.amp must be auto, off, bf16 or fp16")
     if float(t["lr"]) <= 0:
         raise TrainConfigError(f"{source}: train.lr must be > 0")
+    if cfg["recipe"] == "distill":
+        n, tn = cfg["distill"]["num_steps"], cfg["distill"]["teacher_steps"]
+        if not isinstance(n, int) or n < 1 or not (tn is None or (isinstance(tn, int) and tn >= n)):
+            raise TrainConfigError(f"{source}: distill.num_steps must be an integer >= 1 and distill.teacher_steps "
+                                   f"null or an integer >= it, got {n!r} and {tn!r}")

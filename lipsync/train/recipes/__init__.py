@@ -1,5 +1,6 @@
 """Training recipes (one file each, driven by a YAML config): ``vae``, ``syncnet``,
-``unet_stage1``, ``unet_stage2``. See :class:`lipsync.train.recipes.base.Recipe`."""
+``unet_stage1``, ``unet_stage2``, ``distill`` (step distillation of a trained UNet).
+See :class:`lipsync.train.recipes.base.Recipe`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ def recipe_for(cfg: dict, device="cpu"):
         from lipsync.train.recipes.unet import UNetRecipe as cls
     elif name == "unet_stage2":
         from lipsync.train.recipes.unet import UNetStage2Recipe as cls
+    elif name == "distill":
+        from lipsync.train.recipes.distill import DistillRecipe as cls
     else:
         raise ValueError(f"unknown recipe {name!r}")
     return cls(cfg, device)
