@@ -66,12 +66,13 @@ tiny-model: $(STAMP)
 # Real people, from the bundled model (not bundled: see the model card): the faces-kit by its manifest
 # (KIT_MIRROR=DIR copies from a local mirror; without it the files are downloaded from their sources):
 # training talking clips with their own speech, training portraits articulated by the synthetic mouth
-# model, 48 synthetic clips; VAE decoder, UNet continuation and the evaluator's SyncNet on them.
+# model (half of them speaking real training recordings, half espeak), 48 synthetic clips; VAE decoder, UNet continuation and the evaluator's SyncNet on them.
 REAL_INIT ?= $(BUNDLED)
 tiny-model-real: $(STAMP)
 	$(VENV)/bin/lipsync data fetch $(KIT_ARGS) -q --kind talking --split train --link $(TRAIN)/kit/talking
 	$(VENV)/bin/lipsync data fetch $(KIT_ARGS) -q --kind portrait --split train --link $(TRAIN)/kit/portraits
-	$(VENV)/bin/lipsync synth --out $(TRAIN)/synth_real --faces $(TRAIN)/kit/portraits --num 96 --seconds 4 --seed 300 --size 256 --split train
+	$(VENV)/bin/lipsync data fetch $(KIT_ARGS) -q --kind speech --split train --link $(TRAIN)/kit/speech
+	$(VENV)/bin/lipsync synth --out $(TRAIN)/synth_real --faces $(TRAIN)/kit/portraits --speech $(TRAIN)/kit/speech --speech_fraction 0.5 --num 96 --seconds 4 --seed 300 --size 256 --split train
 	$(VENV)/bin/lipsync synth --out $(TRAIN)/synth_base --num 48 --seconds 5 --seed 100 --size 192 --split train
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/kit/talking --output $(TRAIN)/shards_real --val_fraction 0.05
 	$(VENV)/bin/lipsync preprocess --input $(TRAIN)/synth_real --output $(TRAIN)/shards_synreal --val_fraction 0.05
