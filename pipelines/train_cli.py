@@ -18,7 +18,9 @@ to <log_dir>/<name>/. At the end the model is exported to <save_dir>/<name>/mode
 `lipsync generate --checkpoint_dir` loads; the SyncNet recipe writes <save_dir>/<name>/syncnet).
 
 Order for a new model: vae -> syncnet -> unet_stage1 (init_from: the vae export) ->
-unet_stage2 (init_from: the stage-1 export, syncnet: the SyncNet export).
+unet_stage2 (init_from: the stage-1 export, syncnet: the SyncNet export). Then, for speed, distill
+(a 2-4 step student of a trained UNet: teacher = its export; chain rounds with
+--set teacher=<student export> --set distill.num_steps=N/2).
 """
 
 
@@ -46,7 +48,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("train", help="train a recipe (VAE, SyncNet, UNet stage 1/2) on Ray Train",
+    p = sub.add_parser("train", help="train a recipe (VAE, SyncNet, UNet stage 1/2, step distillation) on Ray Train",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     train_arguments(p)
 
