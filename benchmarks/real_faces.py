@@ -21,6 +21,7 @@ face zoom, for the first three people) under --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -96,6 +97,35 @@ def save_grid(path: Path, pairs: list[tuple[str, str]], t: float = 1.6) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
 
 
+@contextlib.contextmanager
+def recording(path: Path | None):
+    """While open, every call of the person composite is recorded (in frame order) and saved to
+    ``path`` as arrays: ``images`` (source frames), ``crops``, ``matrices``, ``points``, ``regen``."""
+    if path is None:
+        yield
+        return
+    from lipsync.pipeline import stages
+
+    real, calls, regens = stages.composite_person, [], []
+
+    def record(image, crop, M, points, regen=None, **kw):
+        calls.append((image, crop, np.asarray(M, np.float64), np.asarray(points, np.float32)))
+        regens[:] = [regen]
+        return real(image, crop, M, points, regen, **kw)
+
+    stages.composite_person = record
+    try:
+        yield
+    finally:
+        stages.composite_person = real
+    if calls:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        regen = regens[0] if regens else None
+        np.savez_compressed(path, images=np.stack([c[0] for c in calls]), crops=np.stack([c[1] for c in calls]),
+                            matrices=np.stack([c[2] for c in calls]), points=np.stack([c[3] for c in calls]),
+                            regen=np.asarray(regen if regen is not None else [], np.float32))
+
+
 def get(rep: dict | None, *keys):
     for k in keys:
         rep = None if rep is None else rep.get(k)
@@ -112,6 +142,9 @@ def main() -> int:
     ap.add_argument("--composite", default=None, choices=("person", "latentsync"), help="default: the profile's")
     ap.add_argument("--syncnet", default=None, help="SyncNet folder for the scores; default: bundled")
     ap.add_argument("--out", default="out/real_faces")
+    ap.add_argument("--keep_crops", action="store_true",
+                    help="also save each dub's composite inputs (frame, generated crop, matrix, crop points) as "
+                         "<out>/crops/<stem>.npz, for benchmarks/composite_variants.py")
     ap.add_argument("--reuse", action="store_true",
                     help="keep dubs already in --out (e.g. to score them again with another --syncnet)")
     args = ap.parse_args()
@@ -160,10 +193,11 @@ def main() -> int:
         else:
             src = str(local[face.file])
         if not (args.reuse and dub.exists()):
-            if face.kind == "portrait":
-                pipe(str(dub), image=src, audio=str(wav), options=opts)
-            else:
-                pipe(str(dub), video=src, audio=str(wav), options=opts)
+            with recording(out / "crops" / f"{stem}.npz" if args.keep_crops else None):
+                if face.kind == "portrait":
+                    pipe(str(dub), image=src, audio=str(wav), options=opts)
+                else:
+                    pipe(str(dub), video=src, audio=str(wav), options=opts)
         t_gen += time.perf_counter() - t0
         rep = evaluate(str(dub), audio=str(wav), reference=src, syncnet=args.syncnet,
                        out_dir=str(out / "reports" / stem), profile=pipe.profile.name)

@@ -225,3 +225,48 @@ def test_latentsync_composite_is_their_restore(size, turn, shift):
     # A frame without a face passes through untouched.
     same, pasted = comp.frame(1, frame, None)
     assert same is frame and not pasted
+
+
+def test_a_steady_difference_is_taken_out_over_a_clip_and_the_mouth_stays(face):
+    """The model draws part of the lower face differently in every frame (bare skin for a beard):
+    over a clip that steady difference is learnt and taken out (the source comes back there),
+    while the mouth it opens and closes frame by frame still shows."""
+    from lipsync.face.composite import Appearance
+
+    img, lm, m, crop = face
+    pts = crop_points(lm, m)
+    regen = lower_face_mask(SIZE)
+    paste, mouth = region_masks(pts, SIZE, regen)
+    lips = pts[-len(lmk.LIPS_OUTER):]
+    cx, cy = lips.mean(axis=0)
+    patch = (paste > 0.95) & (mouth == 0) & (np.arange(SIZE)[:, None] > cy - 4)
+    patch = cv2.erode(patch.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert patch.sum() > 100
+    flat = np.array([210, 170, 140], np.uint8)  # far (> 20 grey levels) from the skin it replaces
+
+    def generated(t: int) -> np.ndarray:
+        g = crop.copy()
+        g[patch] = flat
+        if t % 4 < 2:
+            cv2.ellipse(g, (int(cx), int(cy + 2)), (9, 6), 0, 0, 360, (20, 10, 10), -1)
+        return g
+
+    def inner(a):
+        return a[int(cy):int(cy) + 4, int(cx) - 4:int(cx) + 4].astype(float).mean()
+
+    memory, outs = Appearance(), []
+    for t in range(40):
+        outs.append(composite_person(img, generated(t), m, pts, regen, appearance=memory, index=t))
+    without = composite_person(img, generated(39), m, pts, regen)
+    back = [cv2.warpAffine(o, m, (SIZE, SIZE), flags=cv2.INTER_AREA).astype(float) for o in (outs[39], without)]
+    err_with = np.abs(back[0][patch] - crop[patch]).mean()
+    err_without = np.abs(back[1][patch] - crop[patch]).mean()
+    assert err_without > 15.0 and err_with < 0.3 * err_without
+    # frame 37 has the open mouth, 39 the closed one
+    open_, closed = (cv2.warpAffine(outs[t], m, (SIZE, SIZE), flags=cv2.INTER_AREA) for t in (37, 39))
+    assert inner(open_) < 0.5 * inner(crop)
+    assert abs(inner(closed) - inner(crop)) < 0.25 * inner(crop)
+    # a skipped frame (no face) starts the memory anew, as a new one would
+    again = composite_person(img, generated(39), m, pts, regen, appearance=memory, index=41)
+    fresh = composite_person(img, generated(39), m, pts, regen, appearance=Appearance(), index=41)
+    assert np.array_equal(again, fresh)

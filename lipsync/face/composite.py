@@ -12,7 +12,12 @@ changes and takes everything else from the source frame:
   bit-for-bit the input.
 * **Colour and lighting**: the generated crop is shifted by a smooth offset field, the source minus
   the generated crop averaged (normalised convolution) over the skin around the mouth, so its
-  colour and shading gradients follow the source frame's.
+  colour and shading gradients follow the source frame's. Over a clip, the model's *steady*
+  difference from this person (a beard it draws as bare skin, a mole, a shadow: the same in every
+  frame) is learnt per crop pixel (:class:`Appearance`, a running mean over about a second) and
+  taken out, so what is left of the model's image there is what it changes from frame to frame:
+  the speech. Around the mouth only the smooth field applies: there the steady difference would
+  include the mean mouth shape.
 * **Texture**: at frame resolution, the generated image contributes its low frequencies everywhere
   in the region (the jaw and lip shape) and its high frequencies only where its shape differs from
   the source's (an opening mouth, a dropping jaw: judged on coarse low-passes, so the model's blur
@@ -55,6 +60,35 @@ COLOUR_OUTLIER = 20.0  # grey levels: larger differences are of shape, not colou
 # mean the shape changed there, so the generated detail is kept as well.
 CHANGE_LO, CHANGE_HI = 6.0, 16.0
 CHANGE_SCALE = 2.0  # the change is judged on low-passes this many crop pixels wide: a blur is no change
+# Appearance: half-life of the per-pixel running mean, frames (0: off). Syllables (~5 Hz) average
+# out, lighting changes over seconds are followed.
+APPEARANCE_HALF_LIFE = 25.0
+APPEARANCE_PRIOR = 3.0  # frames of evidence at which the per-pixel offset gets half the weight
+
+
+class Appearance:
+    """The model's steady difference from one face, per crop pixel: a running (exponentially
+    decaying) mean of ``source - generated`` over the skin, one per face track. It starts anew
+    when a frame is skipped (no face, another shot) or the crop size changes."""
+
+    def __init__(self) -> None:
+        self.num: np.ndarray | None = None
+        self.den: np.ndarray | None = None
+        self.last: int | None = None
+
+    def update(self, index: int | None, diff: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Adds one frame; returns (mean offset per pixel, its confidence in [0, 1))."""
+        fresh = (self.num is None or self.num.shape != diff.shape or index is None or self.last is None
+                 or index != self.last + 1)
+        if fresh:
+            self.num = np.zeros_like(diff, dtype=np.float32)
+            self.den = np.zeros(diff.shape[:2], np.float32)
+        decay = 0.5 ** (1.0 / APPEARANCE_HALF_LIFE)
+        self.num = decay * self.num + diff * weight[..., None]
+        self.den = decay * self.den + weight
+        self.last = index
+        mean = self.num / np.maximum(self.den, 1e-6)[..., None]
+        return mean, self.den / (self.den + APPEARANCE_PRIOR)
 
 
 def crop_points(landmarks: np.ndarray, M: np.ndarray) -> np.ndarray:
@@ -139,11 +173,14 @@ def _luma(x: np.ndarray) -> np.ndarray:
 
 
 def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points: np.ndarray,
-                     regen: np.ndarray | None = None, interpolation: int = DEFAULT_INTERPOLATION) -> np.ndarray:
+                     regen: np.ndarray | None = None, interpolation: int = DEFAULT_INTERPOLATION,
+                     appearance: Appearance | None = None, index: int | None = None) -> np.ndarray:
     """The frame with the person-keeping composite of ``crop`` (see the module doc). ``M`` maps
     frame -> crop, ``points`` are :func:`crop_points` of this frame's face, ``regen`` the crop's
-    regenerated region (1 = generated). Pixels outside the feathered region are bit-identical to
-    ``image``; only the region's bounding box is processed."""
+    regenerated region (1 = generated). ``appearance``: the face track's :class:`Appearance`, fed
+    the frames in order (``index`` is the frame's number); without it only the smooth colour field
+    applies. Pixels outside the feathered region are bit-identical to ``image``; only the
+    region's bounding box is processed."""
     size = crop.shape[0]
     m = np.asarray(M, dtype=np.float64)
     paste, mouth = region_masks(points, size, regen)
@@ -152,7 +189,16 @@ def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points:
         return out
     src_crop = warp_to_crop(image, m, size).astype(np.float32)
     skin = (paste > 0.5).astype(np.float32) * (1.0 - np.minimum(1.0, mouth * 4.0))
-    gen = match_colour(crop.astype(np.float32), src_crop, skin, COLOUR_SIGMA * size)
+    raw = crop.astype(np.float32)
+    gen = match_colour(raw, src_crop, skin, COLOUR_SIGMA * size)
+    if appearance is not None and APPEARANCE_HALF_LIFE > 0:
+        inside = (paste > 0.5).astype(np.float32)
+        steady, confidence = appearance.update(index, src_crop - raw, inside)
+        # Not around the mouth: there the steady difference holds the mean mouth shape, and taking
+        # it out (wholly, half, or its colour only) broke the mouth's sync on real portraits
+        # (mouth r against the speech 0.78 -> -0.81 on one of them).
+        w = (confidence * skin)[..., None]
+        gen = w * (raw + steady) + (1.0 - w) * gen
     # A crop much finer than the frame (512 px crop of a small face) is shrunk first, as paste_back
     # does: sampling it point-wise would alias.
     s_min = float(np.linalg.svd(m[:, :2], compute_uv=False).min())

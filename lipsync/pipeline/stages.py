@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lipsync.face import lower_face_mask
-from lipsync.face.composite import COMPOSITE_MODES, composite_person
+from lipsync.face.composite import COMPOSITE_MODES, Appearance, composite_person
 from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser, mask_resize_of
 from lipsync.pipeline.inputs import DrivingAudio, load_driving_audio, voice_activity
 from lipsync.pipeline.windows import Blender, Window, WindowPlanner
@@ -216,6 +216,7 @@ class Compositor:
         self.spec = spec
         self.overlap = int(overlap)
         self.blender = Blender()
+        self.appearance = Appearance()  # one face track per job
 
     def add(self, window: Window, crops: np.ndarray) -> None:
         self.blender.add(window, crops, self.overlap)
@@ -234,7 +235,8 @@ class Compositor:
         if self.spec.mode == "person":
             if points is None or not np.isfinite(points).all():
                 raise ValueError(f"frame {index}: the person composite needs the face's crop points")
-            return composite_person(image, crop, matrix, points, self.spec.regen_mask), True
+            return composite_person(image, crop, matrix, points, self.spec.regen_mask,
+                                    appearance=self.appearance, index=index), True
         from lipsync.face.aligner import cut_crop
         from lipsync.pipeline.latentsync_exact import restore_frame
 
