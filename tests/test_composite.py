@@ -105,7 +105,10 @@ def test_compositor_modes(face):
 
     pasted_crop = crop.astype(np.float32) * regen[..., None] + crop.astype(np.float32) * (1 - regen[..., None])
     assert np.array_equal(outs["latentsync"], restore_frame(img, pasted_crop, m))
-    assert np.array_equal(outs["person"], composite_person(img, crop, m, pts, regen))
+    from lipsync.face.composite import Appearance
+
+    # the Compositor keeps one appearance memory per job, fed frame by frame
+    assert np.array_equal(outs["person"], composite_person(img, crop, m, pts, regen, appearance=Appearance(), index=0))
     comp = Compositor(CompositeSpec("person", regen), overlap=0)
     comp.add(Window(0, 1), crop[None])
     with pytest.raises(ValueError, match="crop points"):
