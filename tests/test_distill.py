@@ -15,26 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+from shard_helpers import make_shards
+
 STUDENT_STEPS, TEACHER_STEPS = 2, 4  # k = 2: each student step is two guided teacher steps
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from lipsync.synth.corpus import make_clip
-    from lipsync.train.prepare import ClipPreparer, PrepareOptions
-    from lipsync.train.sources import discover
-
-    root = tmp_path_factory.mktemp("distill")
-    corpus = root / "corpus"
-    for i in range(2):
-        make_clip(corpus / f"clip_{i:05d}", seed=300 + i, seconds=2, size=128, langs=["en"], identity=0)
-    out = root / "shards"
-    stage = ClipPreparer(str(out), PrepareOptions(segment_frames=48))
-    for t in discover(str(corpus))[0]:
-        assert stage(t).segments == 1
-    (out / "val").mkdir()
-    shutil.move(str(out / "train" / "clip_00001.parquet"), str(out / "val" / "clip_00001.parquet"))
-    return out
+    return make_shards(tmp_path_factory.mktemp("distill"), 2, seed=300)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,28 +13,13 @@ import pytest
 import torch
 
 from ray_fixtures import ray_session  # noqa: F401
+from shard_helpers import make_shards
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """Shards of 3 synthetic 2 s clips (48-frame segments): 2 train, 1 val, written by the
-    preprocessing stage in-process."""
-    from lipsync.synth.corpus import make_clip
-    from lipsync.train.prepare import ClipPreparer, PrepareOptions
-    from lipsync.train.sources import discover
-
-    root = tmp_path_factory.mktemp("train")
-    corpus = root / "corpus"
-    for i in range(3):
-        # One identity (the portrait unchanged): the val clip is the same face saying something else.
-        make_clip(corpus / f"clip_{i:05d}", seed=200 + i, seconds=2, size=128, langs=["en"], identity=0)
-    out = root / "shards"
-    stage = ClipPreparer(str(out), PrepareOptions(segment_frames=48))
-    for t in discover(str(corpus))[0]:
-        assert stage(t).segments == 1
-    (out / "val").mkdir()
-    shutil.move(str(out / "train" / "clip_00002.parquet"), str(out / "val" / "clip_00002.parquet"))
-    return out
+    """Shards of 3 synthetic 2 s clips (48-frame segments): 2 train, 1 val."""
+    return make_shards(tmp_path_factory.mktemp("train"), 3, seed=200)
 
 
 def _cfg(recipe: str, shards, **over):
