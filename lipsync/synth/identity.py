@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lipsync.errors import MediaNotFoundError, NoFaceError
-from lipsync.media.formats import IMAGE_SUFFIXES
+from lipsync.errors import NoFaceError
+from lipsync.media.formats import IMAGE_SUFFIXES, files_in
 
 from .mouth import FaceFrame, close_mouth
 from .warp import anchor_ring, warp_region
@@ -50,13 +50,7 @@ def bundled_photos() -> tuple[str, ...]:
 
 def photos_in(folder: str | os.PathLike) -> tuple[str, ...]:
     """The portraits in a user's folder (for ``lipsync synth --faces DIR``)."""
-    d = Path(folder)
-    if not d.is_dir():
-        raise MediaNotFoundError(str(d), "is not a folder of portrait photos")
-    found = tuple(str(p) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise MediaNotFoundError(str(d), f"holds no photos ({', '.join(IMAGE_SUFFIXES)})")
-    return found
+    return files_in(folder, IMAGE_SUFFIXES, "portrait photos")
 
 
 def load_photo(source: str) -> np.ndarray:

@@ -296,15 +296,9 @@ def acoustic_track(samples: np.ndarray, n_frames: int, fps: float = 25.0, sample
 
 def recordings_in(folder: str | os.PathLike) -> tuple[str, ...]:
     """The speech recordings in a user's folder (for ``lipsync synth --speech DIR``)."""
-    from lipsync.errors import MediaNotFoundError
+    from lipsync.media.formats import files_in
 
-    d = Path(folder)
-    if not d.is_dir():
-        raise MediaNotFoundError(str(d), "is not a folder of speech recordings")
-    found = tuple(str(p) for p in sorted(d.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES)
-    if not found:
-        raise MediaNotFoundError(str(d), f"holds no recordings ({', '.join(AUDIO_SUFFIXES)})")
-    return found
+    return files_in(folder, AUDIO_SUFFIXES, "speech recordings")
 
 
 @lru_cache(maxsize=8)
