@@ -62,6 +62,9 @@ def main() -> int:
     from lipsync.media.writer import VideoWriter
     from lipsync.media.audio import load_audio
 
+    from lipsync.data import kit
+
+    manifest = {e.file: e for e in kit.load_manifest()}
     runs, out = Path(args.runs), Path(args.out)
     result = json.loads((runs / "real_faces.json").read_text())
     rows = {Path(r["face"]).stem: r for r in result["rows"]}
@@ -78,10 +81,7 @@ def main() -> int:
         row = rows[stem]
         ref = str(runs / "inputs" / f"{stem}.png") if row["kind"] == "portrait" else None
         if ref is None:
-            from lipsync.data import kit
-
-            held = {e.file: e for e in kit.load_manifest()}
-            ref = str(kit.fetch([held[row["face"]]]).paths[0])
+            ref = str(kit.fetch([manifest[row["face"]]]).paths[0])
         t = min(len(images) - 1, int(1.6 * FPS))
         inputs.append(_zoom(images[t], mats[t]))
         for name, values in settings:
