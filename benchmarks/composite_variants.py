@@ -8,8 +8,9 @@ shift, mouth opening r against the speech, LSE-C / offset).
     .venv/bin/python benchmarks/composite_variants.py --runs out/real_faces [--only STEM ...] \\
         [--set name:KEY=VALUE,KEY=VALUE ...] [--syncnet DIR] [--out out/composite_variants]
 
-A setting is a name and overrides of the module's constants (e.g. ``narrow:JAW_SPAN=0.5``); the
-module's defaults always run as ``default``. Writes variants.json and, per setting, a frame grid of
+A setting is a name and overrides of the module's constants (e.g. ``narrow:JAW_SPAN=0.5``,
+``nojaw:JAW_FOLLOW_MAX=0`` for the source's jaw kept); the module's defaults always run as
+``default``. The generated jaw is found on each crop as the pipeline finds it. Writes variants.json and, per setting, a frame grid of
 face zooms (rows: dubs; columns: input, then each setting) at 1.6 s.
 """
 
@@ -58,6 +59,7 @@ def main() -> int:
 
     from lipsync.eval import evaluate
     from lipsync.face import composite
+    from lipsync.face.crop_mesh import CropMesh
     from lipsync.media.formats import FPS
     from lipsync.media.writer import VideoWriter
     from lipsync.media.audio import load_audio
@@ -65,6 +67,7 @@ def main() -> int:
     from lipsync.data import kit
 
     manifest = {e.file: e for e in kit.load_manifest()}
+    mesh = CropMesh()
     runs, out = Path(args.runs), Path(args.out)
     result = json.loads((runs / "real_faces.json").read_text())
     rows = {Path(r["face"]).stem: r for r in result["rows"]}
@@ -84,13 +87,14 @@ def main() -> int:
             ref = str(kit.fetch([manifest[row["face"]]]).paths[0])
         t = min(len(images) - 1, int(1.6 * FPS))
         inputs.append(_zoom(images[t], mats[t]))
+        gen_pts = [mesh.points(crops[i], pts[i]) for i in range(len(images))]  # as the Compositor finds them
         for name, values in settings:
             dest = out / name / f"{stem}.mp4"
             dest.parent.mkdir(parents=True, exist_ok=True)
             with overridden(composite, values):
                 memory = composite.Appearance()  # as the Compositor keeps one per job
                 frames = [composite.composite_person(images[i], crops[i], mats[i], pts[i], regen,
-                                                     appearance=memory, index=i)
+                                                     appearance=memory, index=i, gen_points=gen_pts[i])
                           for i in range(len(images))]
             with VideoWriter(str(dest), fps=FPS, audio=load_audio(str(wav), 16000), audio_rate=16000) as w:
                 for f in frames:

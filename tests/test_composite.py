@@ -108,7 +108,10 @@ def test_compositor_modes(face):
     from lipsync.face.composite import Appearance
 
     # the Compositor keeps one appearance memory per job, fed frame by frame
-    assert np.array_equal(outs["person"], composite_person(img, crop, m, pts, regen, appearance=Appearance(), index=0))
+    from lipsync.face.crop_mesh import CropMesh
+
+    assert np.array_equal(outs["person"], composite_person(img, crop, m, pts, regen, appearance=Appearance(), index=0,
+                                                           gen_points=CropMesh().points(crop, pts)))
     comp = Compositor(CompositeSpec("person", regen), overlap=0)
     comp.add(Window(0, 1), crop[None])
     with pytest.raises(ValueError, match="crop points"):
@@ -273,3 +276,60 @@ def test_a_steady_difference_is_taken_out_over_a_clip_and_the_mouth_stays(face):
     again = composite_person(img, generated(39), m, pts, regen, appearance=memory, index=41)
     fresh = composite_person(img, generated(39), m, pts, regen, appearance=Appearance(), index=41)
     assert np.array_equal(again, fresh)
+
+
+def _close_jaw(crop: np.ndarray, pts: np.ndarray, lift: float) -> np.ndarray:
+    """The crop with everything below the mouth drawn ``lift`` px higher at the chin (a jaw the model
+    closes where the source's is lower): the chin and the collar below it move up."""
+    from lipsync.face import composite as C
+
+    mouth, chin = pts[C._L][:, 1].mean(), pts[C._J][:, 1].max()
+    v, u = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    dv = lift * np.clip((v - mouth) / (chin - mouth), 0.0, 1.0)
+    return cv2.remap(crop, u, v + dv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _skin_below_collar(frame: np.ndarray, m: np.ndarray, pts: np.ndarray, start: float) -> bool:
+    """Down the chin's columns (crop coordinates, from row ``start`` to well below the crop): does
+    skin come back after the first dark (collar) rows? That is a second chin under the first."""
+    from lipsync.face import composite as C
+
+    tall = cv2.warpAffine(frame, np.asarray(m, np.float64), (SIZE, 2 * SIZE), flags=cv2.INTER_AREA)
+    u = int(round(pts[C._J][len(C._JAW) // 2, 0]))
+    col = tall[int(start):int(1.3 * SIZE), u - 3:u + 4].astype(np.float32).mean(axis=(1, 2))
+    dark = np.nonzero(col < 60)[0]
+    return bool(dark.size) and bool((col[dark[0]:] > 100).any())
+
+
+def test_the_source_chin_follows_the_generated_jaw(face):
+    """A generated jaw ~7 crop px above the source's: without the generated jaw's points the source's
+    chin shows below the generated one (down the chin's column skin comes back under the first dark
+    rows: a double chin); with them (found by the mesh on the generated crop) the source below moves up to meet
+    it: skin, then the collar. Outside the region and the band that follows the jaw the frame stays the input's."""
+    from lipsync.face import composite as C
+    from lipsync.face.crop_mesh import CropMesh
+
+    img, lm, m, crop = face
+    pts = crop_points(lm, m)
+    generated = _close_jaw(crop, pts, 10.0)
+    mesh = CropMesh()
+    gen_pts = mesh.points(generated, pts)
+    assert gen_pts is not None
+    lift = pts[C._J][:, 1].max() - gen_pts[C._J][:, 1].max()
+    assert 3.0 < lift < 10.0, lift  # the mesh sees the closed jaw (the chin rose ~7 px; it sees ~5)
+    assert mesh.points(np.zeros_like(crop), pts) is None  # no face: the source's jaw stays
+    regen = lower_face_mask(SIZE)
+    before = composite_person(img, generated, m, pts, regen)
+    after = composite_person(img, generated, m, pts, regen, gen_points=gen_pts)
+    start = gen_pts[C._J][:, 1].max() - 2
+    assert not _skin_below_collar(img, m, pts, start - lift)  # the input: one chin, then the collar
+    assert _skin_below_collar(before, m, pts, start)  # the source's chin under the generated one
+    assert not _skin_below_collar(after, m, pts, start)
+    changed = np.any(after != img, axis=-1)
+    eyes = M.eye_region(img.shape, lm)
+    assert not changed[eyes].any()
+    chin, nose_y = lm[lmk.CHIN, 1], lm[list(lmk.NOSE_BOTTOM_ARC), 1].min()
+    assert np.nonzero(changed)[0].max() < chin + 0.6 * (chin - nose_y)
+    # The same points as the source's: nothing to follow, the result is the plain composite's.
+    same = composite_person(img, generated, m, pts, regen, gen_points=pts)
+    assert np.array_equal(same, composite_person(img, generated, m, pts, regen))

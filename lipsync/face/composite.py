@@ -18,6 +18,11 @@ changes and takes everything else from the source frame:
   taken out, so what is left of the model's image there is what it changes from frame to frame:
   the speech. Around the mouth only the smooth field applies: there the steady difference would
   include the mean mouth shape.
+* **The jaw**: when the model moves the jaw where the source does not (a mouth it closes that the
+  source holds open), the source's chin would show below the generated one (a double chin). Given
+  the generated crop's own mesh points (``gen_points``, :class:`lipsync.face.crop_mesh.CropMesh`),
+  the source below the mouth is moved, column by column, so that its jaw line lands on the
+  generated one, fading to no move a quarter of the crop below the jaw (:func:`jaw_shift`).
 * **Texture**: at frame resolution, the generated image contributes its low frequencies everywhere
   in the region (the jaw and lip shape) and its high frequencies only where its shape differs from
   the source's (an opening mouth, a dropping jaw: judged on coarse low-passes, so the model's blur
@@ -64,6 +69,12 @@ CHANGE_SCALE = 2.0  # the change is judged on low-passes this many crop pixels w
 # out, lighting changes over seconds are followed.
 APPEARANCE_HALF_LIFE = 25.0
 APPEARANCE_PRIOR = 3.0  # frames of evidence at which the per-pixel offset gets half the weight
+# Jaw following: the source's jaw line is moved onto the generated one by at most JAW_FOLLOW_MAX,
+# and the move fades out over JAW_FOLLOW_BAND below the jaw (neck, collar) and towards the mouth's
+# centre line above it. BAND > MAX keeps the mapping one-to-one (nothing folds).
+JAW_FOLLOW_MAX = 0.12
+JAW_FOLLOW_BAND = 0.25
+JAW_FOLLOW_MARGIN = 0.02  # the region then ends this far below the generated jaw (plus REGION_GROW)
 
 
 class Appearance:
@@ -111,18 +122,62 @@ def _dilate(m: np.ndarray, r: float) -> np.ndarray:
     return cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
 
 
-def region_masks(points: np.ndarray, size: int, regen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def jaw_shift(points: np.ndarray, gen_points: np.ndarray | None, size: int):
+    """``(u, v) -> dv`` in crop pixels, or None when there is nothing to move: where to sample the
+    source so that its jaw line (``points``) lands on the generated crop's (``gen_points``). At the
+    generated jaw the source is read at its own jaw; the shift fades linearly to 0 at the mouth's
+    centre line above and ``JAW_FOLLOW_BAND`` below, and beyond the jaw's ends sideways."""
+    if gen_points is None:
+        return None
+    src, gen = np.asarray(points, np.float64)[_J], np.asarray(gen_points, np.float64)[_J]
+    if src.shape != gen.shape or not np.isfinite(gen).all():
+        return None
+    lim = JAW_FOLLOW_MAX * size
+    order = np.argsort(src[:, 0])
+    us = src[order, 0]
+    dv = np.clip(src[order, 1] - gen[order, 1], -lim, lim)
+    if np.abs(dv).max() < 0.25:  # under a quarter crop pixel: not worth resampling the source
+        return None
+    ys = src[order, 1]
+    taper = 0.05 * size
+    us = np.concatenate([[us[0] - taper], us, [us[-1] + taper]])
+    dv = np.concatenate([[0.0], dv, [0.0]])
+    ys = np.concatenate([[ys[0]], ys, [ys[-1]]])
+    mouth_v = float(np.asarray(points, np.float64)[_L][:, 1].mean())
+    band = JAW_FOLLOW_BAND * size
+
+    def shift(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        d = np.interp(u, us, dv, left=0.0, right=0.0)
+        y_gen = np.interp(u, us, ys) - d  # the generated jaw line
+        above = np.clip((v - mouth_v) / np.maximum(y_gen - mouth_v, 1.0), 0.0, 1.0)
+        below = np.clip(1.0 - (v - y_gen) / band, 0.0, 1.0)
+        return d * np.where(v <= y_gen, above, below)
+
+    shift.reach = float(np.max(ys - dv)) + band  # lowest crop row the shift touches
+    shift.span = (float(us[0]), float(us[-1]), mouth_v)
+    return shift
+
+
+def region_masks(points: np.ndarray, size: int, regen: np.ndarray | None = None,
+                 gen_points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Crop-space (paste, mouth) masks, float32 in [0, 1], feathered inside their edges.
 
     ``paste``: where the composite may change the frame (lower face below the nostrils, grown
     downwards for a dropping jaw), cut to ``regen`` (the model's regenerated region) if given.
+    With ``gen_points`` (the generated face's points, the source's jaw moved onto them) the region
+    ends at the generated jaw instead: below it the moved source continues the generated chin.
     ``mouth``: around the lips and below them, where the mouth may move: left out when the colour
     of the skin is matched."""
     pts = np.asarray(points, np.float64)
     if pts.shape != (len(POINT_INDICES), 2) or not np.isfinite(pts).all():
         raise ValueError(f"expected {len(POINT_INDICES)} finite crop points, got {pts.shape}")
-    drop = np.array([0.0, JAW_DROP * size])
-    lower = np.concatenate([pts[_J], pts[_N], pts[_L], pts[_J] + drop, pts[_L] + drop])
+    if gen_points is None:
+        drop = np.array([0.0, JAW_DROP * size])
+        lower = np.concatenate([pts[_J], pts[_N], pts[_L], pts[_J] + drop, pts[_L] + drop])
+    else:
+        gen = np.asarray(gen_points, np.float64)
+        margin = np.array([0.0, JAW_FOLLOW_MARGIN * size])
+        lower = np.concatenate([gen[_J] + margin, pts[_N], pts[_L], gen[_L]])
     region = _dilate(_hull_mask(lower, size), REGION_GROW * size)
     # Nothing above the nose's lower rim (a line through its wings), whatever the dilation did.
     nose = pts[_N]
@@ -168,26 +223,61 @@ def match_colour(generated: np.ndarray, source: np.ndarray, weight: np.ndarray, 
     return generated + (num + floor * offset) / (den + floor)
 
 
+def _shifted_crop(image: np.ndarray, m: np.ndarray, size: int, shift) -> np.ndarray:
+    """The source crop read through ``shift`` (:func:`jaw_shift`): rows below the crop come from a
+    crop warped with a margin around it."""
+    a = int(np.ceil(JAW_FOLLOW_MAX * size)) + 2
+    m_big = m.copy()
+    m_big[:, 2] += a
+    big = warp_to_crop(image, m_big, size + 2 * a)
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+    dv = shift(u, v)
+    return cv2.remap(big, (u + a).astype(np.float32), (v + dv + a).astype(np.float32), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def _shifted_roi(image: np.ndarray, m: np.ndarray, shift, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """``image[y0:y1, x0:x1]`` with the source read through ``shift``: frame pixel (x, y) at crop
+    (u, v) shows the source at crop (u, v + dv); where dv is 0 the pixels are the input's own."""
+    y, x = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    u = m[0, 0] * x + m[0, 1] * y + m[0, 2]
+    v = m[1, 0] * x + m[1, 1] * y + m[1, 2]
+    dv = shift(u, v)
+    inv = invert(m)
+    moved = cv2.remap(image, (x + inv[0, 1] * dv).astype(np.float32), (y + inv[1, 1] * dv).astype(np.float32),
+                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    roi = image[y0:y1, x0:x1]
+    keep = (np.abs(dv) < 1e-3)
+    if roi.ndim == 3:
+        keep = keep[..., None]
+    return np.where(keep, roi, moved)
+
+
 def _luma(x: np.ndarray) -> np.ndarray:
     return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
 
 
 def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points: np.ndarray,
                      regen: np.ndarray | None = None, interpolation: int = DEFAULT_INTERPOLATION,
-                     appearance: Appearance | None = None, index: int | None = None) -> np.ndarray:
+                     appearance: Appearance | None = None, index: int | None = None,
+                     gen_points: np.ndarray | None = None) -> np.ndarray:
     """The frame with the person-keeping composite of ``crop`` (see the module doc). ``M`` maps
     frame -> crop, ``points`` are :func:`crop_points` of this frame's face, ``regen`` the crop's
     regenerated region (1 = generated). ``appearance``: the face track's :class:`Appearance`, fed
     the frames in order (``index`` is the frame's number); without it only the smooth colour field
-    applies. Pixels outside the feathered region are bit-identical to ``image``; only the
-    region's bounding box is processed."""
+    applies. ``gen_points``: the same mesh points found on ``crop`` (the generated jaw), or None
+    to keep the source's jaw. Pixels outside the feathered region (and, with ``gen_points``, the
+    band below the jaw that follows it) are bit-identical to ``image``; only the region's
+    bounding box is processed."""
     size = crop.shape[0]
     m = np.asarray(M, dtype=np.float64)
-    paste, mouth = region_masks(points, size, regen)
+    m_frame = m.copy()  # frame -> crop at the crop's own size (m is rescaled below for fine crops)
+    shift = jaw_shift(points, gen_points, size)
+    paste, mouth = region_masks(points, size, regen, gen_points if shift is not None else None)
     out = image.copy()
     if not (paste > 0).any():
         return out
-    src_crop = warp_to_crop(image, m, size).astype(np.float32)
+    src_crop = (warp_to_crop(image, m, size) if shift is None else _shifted_crop(image, m, size, shift)).astype(np.float32)
     skin = (paste > 0.5).astype(np.float32) * (1.0 - np.minimum(1.0, mouth * 4.0))
     raw = crop.astype(np.float32)
     gen = match_colour(raw, src_crop, skin, COLOUR_SIGMA * size)
@@ -213,6 +303,11 @@ def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points:
     inv = invert(m)
     u0, u1, v0, v1 = xs.min() - 1.0, xs.max() + 1.0, ys.min() - 1.0, ys.max() + 1.0
     corners = np.array([[u0, v0], [u1, v0], [u0, v1], [u1, v1]]) @ inv[:, :2].T + inv[:, 2]
+    if shift is not None:  # the band below the jaw that moves with it, in the frame
+        inv_f = invert(m_frame)
+        su0, su1, sv0 = shift.span
+        band = np.array([[su0, sv0], [su1, sv0], [su0, shift.reach], [su1, shift.reach]])
+        corners = np.concatenate([corners, band @ inv_f[:, :2].T + inv_f[:, 2]])
     h, w = image.shape[:2]
     pad = int(np.ceil(3.0 / max(s_min, 1e-3)))  # room for the low-pass near the ROI's edge
     x0 = int(max(0, np.floor(corners[:, 0].min()) - pad))
@@ -232,6 +327,8 @@ def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points:
     g = back(gen, interpolation, cv2.BORDER_REPLICATE)
     a_p = np.clip(back(paste, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT), 0.0, 1.0)
     roi = out[y0:y1, x0:x1]
+    if shift is not None:
+        roi = _shifted_roi(image, m_frame, shift, x0, y0, x1, y1)
     s = roi.astype(np.float32)
     # The split between "shape" and "texture": the generated crop holds nothing finer than one
     # crop pixel, which covers 1 / s_min frame pixels.

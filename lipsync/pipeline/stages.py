@@ -26,6 +26,7 @@ import torch
 
 from lipsync.face import lower_face_mask
 from lipsync.face.composite import COMPOSITE_MODES, Appearance, composite_person
+from lipsync.face.crop_mesh import CropMesh
 from lipsync.pipeline.denoise import DenoiseSettings, WindowDenoiser, mask_resize_of
 from lipsync.pipeline.inputs import DrivingAudio, load_driving_audio, voice_activity
 from lipsync.pipeline.windows import Blender, Window, WindowPlanner
@@ -236,7 +237,8 @@ class Compositor:
             if points is None or not np.isfinite(points).all():
                 raise ValueError(f"frame {index}: the person composite needs the face's crop points")
             return composite_person(image, crop, matrix, points, self.spec.regen_mask,
-                                    appearance=self.appearance, index=index), True
+                                    appearance=self.appearance, index=index,
+                                    gen_points=CropMesh.for_thread().points(crop, points)), True
         from lipsync.face.aligner import cut_crop
         from lipsync.pipeline.latentsync_exact import restore_frame
 
