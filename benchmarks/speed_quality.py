@@ -4,10 +4,17 @@ measured in the same run as the baseline, and ratios to it.
 
     .venv/bin/python benchmarks/speed_quality.py --heldout out/train/heldout [--pairs 2] [--rounds 2]
         [--settings ddim-20,dpmsolver++-5-g0.6,...] [--quality_settings ...] [--out out/speed_quality]
+        [--model NAME=FOLDER ...]
 
 A setting is ``SCHEDULER-STEPS`` plus optional ``-gX`` (audio guidance on the first X of the steps)
-and ``-dcN`` (DeepCache every N steps), e.g. ``unipc-5-g0.6-dc2``. The first setting is the
-baseline. Speed: every setting runs ``--rounds`` times on lipsync/assets/samples/face.mp4 +
+and ``-dcN`` (DeepCache every N steps), e.g. ``unipc-5-g0.6-dc2``, or ``default``: no option given,
+the model's own sampler (what `make demo` runs). ``NAME:SETTING`` runs it on the model folder that
+``--model NAME=FOLDER`` names (else the bundled model, or --checkpoint_dir), e.g. the bundled 4-step
+student against its DDIM-20 teacher:
+
+    --model teacher=out/train/ckpt/tiny-unet-reg2/model --settings teacher:ddim-20,default
+
+The first setting is the baseline. Speed: every setting runs ``--rounds`` times on lipsync/assets/samples/face.mp4 +
 speech.wav (the `make demo` input), the settings interleaved round by round so that a machine
 shared with other work slows them alike; frames/s is the median over rounds (wall clock), and the
 ratio is taken round by round against the baseline of the same round (median). Quality
@@ -36,10 +43,20 @@ DEFAULT_SETTINGS = ("ddim-20,ddim-10,dpmsolver++-8,dpmsolver++-6,dpmsolver++-5,d
 DEMO = ("lipsync/assets/samples/face.mp4", "lipsync/assets/samples/speech.wav")
 
 
+def split_model(name: str) -> tuple[str | None, str]:
+    """``teacher:ddim-20`` -> ("teacher", "ddim-20"); ``ddim-20`` -> (None, "ddim-20")."""
+    model, _, setting = name.rpartition(":")
+    return (model or None), setting
+
+
 def parse_setting(name: str) -> dict:
-    """``unipc-5-g0.6-dc2`` -> scheduler, num_steps, guidance_interval, deepcache_interval."""
+    """``unipc-5-g0.6-dc2`` -> scheduler, num_steps, guidance_interval, deepcache_interval; ``default``
+    -> {} (the model's own sampler)."""
     from lipsync.options import SCHEDULERS
 
+    name = split_model(name)[1]
+    if name == "default":
+        return {}
     parts = name.split("-")
     # dpmsolver++ has no dash, so the scheduler is the first part
     sched, steps, rest = parts[0], int(parts[1]), parts[2:]
@@ -63,7 +80,17 @@ def options_of(name: str, seed: int | None = None):
     return GenerateOptions(**kw) if seed is None else GenerateOptions(seed=seed, **kw)
 
 
-def speed(pipe, settings: list[str], rounds: int, out: Path) -> dict:
+def passes_of(name: str, profile) -> tuple[int, int, int]:
+    """(steps, UNet passes, DeepCache interval) of a setting on a model with ``profile``: a guided
+    step is two passes (batched), and guidance 1 makes none."""
+    kw = {"num_steps": profile.num_steps, "guidance_interval": profile.guidance_interval[1],
+          "deepcache_interval": profile.deepcache_interval, **parse_setting(name)}
+    n = kw["num_steps"]
+    guided = 0 if float(profile.guidance_scale) == 1.0 else sum(1 for i in range(n) if i / n < kw["guidance_interval"])
+    return n, n + guided, kw["deepcache_interval"]
+
+
+def speed(pipes: dict, settings: list[str], rounds: int, out: Path) -> dict:
     """Frames/s per setting on the demo clip, interleaved; stage seconds of the last round."""
     import resource
 
@@ -71,12 +98,14 @@ def speed(pipe, settings: list[str], rounds: int, out: Path) -> dict:
     ratio = {s: [] for s in settings}
     cpu = {s: [] for s in settings}  # process CPU seconds: less moved by other work on the machine
     stages = {}
-    pipe(str(out / "warmup.mp4"), video=DEMO[0], audio=DEMO[1], options=options_of("ddim-2"))  # caches, JIT
+    for pipe in pipes.values():
+        pipe(str(out / "warmup.mp4"), video=DEMO[0], audio=DEMO[1], options=options_of("ddim-2"))  # caches, JIT
     for r in range(rounds):
         base = None
         for s in settings:
+            pipe = pipes[split_model(s)[0]]
             c0 = resource.getrusage(resource.RUSAGE_SELF)
-            res = pipe(str(out / f"demo_{s}.mp4"), video=DEMO[0], audio=DEMO[1], options=options_of(s))
+            res = pipe(str(out / f"demo_{s.replace(':', '_')}.mp4"), video=DEMO[0], audio=DEMO[1], options=options_of(s))
             c1 = resource.getrusage(resource.RUSAGE_SELF)
             cpu[s].append(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
             fps[s].append(res.frames_per_second)
@@ -90,11 +119,10 @@ def speed(pipe, settings: list[str], rounds: int, out: Path) -> dict:
                 "ratio_rounds": ratio[s], "cpu_seconds": cpu[s], "stages": stages[s]} for s in settings}
 
 
-def quality(pipe, settings: list[str], clips: list[Path], pairs: int, out: Path) -> dict:
+def quality(pipes: dict, settings: list[str], clips: list[Path], pairs: int, out: Path) -> dict:
     from lipsync.eval import evaluate
     from tiny_model_quality import get, join_frames, save_frames, seam_ratio
 
-    prof = pipe.profile
     res = {s: [] for s in settings}
     for i in range(pairs):
         a, b = clips[2 * i], clips[2 * i + 1]
@@ -103,13 +131,16 @@ def quality(pipe, settings: list[str], clips: list[Path], pairs: int, out: Path)
         gt_lse = get(gt, "sync", "lse_c")
         videos = [str(a / "video.mp4")]
         for s in settings:
-            dub, self_ = out / f"dub_{tag}_{s}.mp4", out / f"self_{a.name}_{s}.mp4"
+            pipe = pipes[split_model(s)[0]]
+            prof = pipe.profile
+            fs = s.replace(":", "_")
+            dub, self_ = out / f"dub_{tag}_{fs}.mp4", out / f"self_{a.name}_{fs}.mp4"
             pipe(str(dub), video=str(a / "video.mp4"), audio=str(b / "audio.wav"), options=options_of(s))
             pipe(str(self_), video=str(a / "video.mp4"), audio=str(a / "audio.wav"), options=options_of(s))
             r_dub = evaluate(str(dub), audio=str(b / "audio.wav"), ground_truth=str(b), reference=str(a / "video.mp4"),
-                             out_dir=str(out / "reports" / f"dub_{tag}_{s}"))
+                             out_dir=str(out / "reports" / f"dub_{tag}_{fs}"))
             r_self = evaluate(str(self_), audio=str(a / "audio.wav"), ground_truth=str(a),
-                              reference=str(a / "video.mp4"), out_dir=str(out / "reports" / f"self_{a.name}_{s}"))
+                              reference=str(a / "video.mp4"), out_dir=str(out / "reports" / f"self_{a.name}_{fs}"))
             joins = join_frames(r_dub["frames"], int(prof.window), int(prof.overlap))
             lse = get(r_dub, "sync", "lse_c")
             row = {"pair": tag, "r_gt_jaw": get(r_dub, "mouth", "r_gt_jaw"), "lse_c": lse, "gt_lse_c": gt_lse,
@@ -131,7 +162,7 @@ def mean(rows: list[dict], key: str):
     return float(np.mean(v)) if v else None
 
 
-def table(settings: list[str], sp: dict, q: dict) -> str:
+def table(settings: list[str], sp: dict, q: dict, pipes: dict) -> str:
     base = settings[0]
     lines = ["| setting | UNet passes | frames/s (demo) | speed vs " + base + " | mouth r | LSE-C ratio | offsets "
              "| self SSIM | seam ratio | PSNR outside |",
@@ -141,10 +172,8 @@ def table(settings: list[str], sp: dict, q: dict) -> str:
         return "-" if x is None else fmt.format(x)
 
     for s in settings:
-        kw = parse_setting(s)
-        n = kw["num_steps"]
-        guided = sum(1 for i in range(n) if i / n < kw["guidance_interval"])
-        passes = f"{n + guided}" + (f" ({'1 in ' + str(kw['deepcache_interval'])} full)" if kw["deepcache_interval"] > 1 else "")
+        n, passes, dc = passes_of(s, pipes[split_model(s)[0]].profile)
+        passes = f"{passes}" + (f" (1 in {dc} full)" if dc > 1 else "")
         rows = q.get(s) or []
         d = lambda k: mean(rows, k)  # noqa: E731
         offs = " / ".join(str(r["offset"]) for r in rows) if rows else "-"
@@ -168,7 +197,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="speed rounds (settings interleaved)")
     ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="comma-separated; the first is the baseline")
     ap.add_argument("--quality_settings", default=None, help="the settings to score (default: all of --settings)")
-    ap.add_argument("--checkpoint_dir", default=None)
+    ap.add_argument("--checkpoint_dir", default=None, help="the model of settings without NAME: (default: bundled)")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
+                    help="a model folder for NAME:SETTING settings (repeatable)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--out", default="out/speed_quality")
     args = ap.parse_args()
@@ -179,24 +210,29 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    folders = dict(m.split("=", 1) for m in args.model)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     for s in settings:
         parse_setting(s)
+        if split_model(s)[0] not in (None, *folders):
+            sys.exit(f"error: setting {s}: no --model {split_model(s)[0]}=FOLDER")
     qset = settings if args.quality_settings is None else [s.strip() for s in args.quality_settings.split(",")]
     if qset and qset[0] != settings[0]:
         qset = [settings[0]] + [s for s in qset if s != settings[0]]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = LipSyncPipeline.from_profile("tiny", checkpoint_dir=args.checkpoint_dir, device="cpu")
+    pipes = {None: LipSyncPipeline.from_profile("tiny", checkpoint_dir=args.checkpoint_dir, device="cpu")}
+    pipes.update({k: LipSyncPipeline.from_pretrained(v, device="cpu") for k, v in folders.items()
+                  if any(split_model(s)[0] == k for s in settings)})
     t0 = time.perf_counter()
-    sp = speed(pipe, settings, args.rounds, out) if args.rounds > 0 else {}
+    sp = speed(pipes, settings, args.rounds, out) if args.rounds > 0 else {}
     q = {}
     if args.pairs > 0:
         clips = sorted(p for p in Path(args.heldout).iterdir() if (p / "meta.json").exists())
         if len(clips) < 2 * args.pairs:
             sys.exit(f"error: {args.heldout}: {len(clips)} clips, {2 * args.pairs} needed for {args.pairs} pairs")
-        q = quality(pipe, qset, clips, args.pairs, out)
-    md = table(settings, sp, q)
+        q = quality(pipes, qset, clips, args.pairs, out)
+    md = table(settings, sp, q, pipes)
     (out / "table.md").write_text(md + "\n")
     (out / "results.json").write_text(json.dumps({"settings": settings, "speed": sp, "quality": q,
                                                   "threads": torch.get_num_threads(),

@@ -88,13 +88,14 @@ def request_options(spec_options: dict[str, Any], batch_size: int = 1) -> Genera
     return options_from(spec_options, GenerateOptions(batch_size=batch_size), REQUEST_OPTIONS)
 
 
-def profile_values(profile: str) -> dict[str, Any]:
-    """What "the profile's" means on this server: the profile's values of the options that default
-    to it (empty if the profile cannot be read here)."""
+def profile_values(profile: str, checkpoint_dir: str | None = None) -> dict[str, Any]:
+    """What "the profile's" means on this server: the values of the options that default to it, as
+    the model's weights folder sets them (empty if the profile or its weights cannot be read here)."""
     try:
+        from lipsync.pipeline.components import model_profile
         from lipsync.profiles import load_profile
 
-        p = load_profile(profile)
+        p = model_profile(load_profile(profile), checkpoint_dir)
     except Exception:  # a profile only the model replicas can read: the page says "the profile's"
         return {}
     return {o.name: getattr(p, o.attr) for o in REQUEST_OPTIONS if o.default is None and hasattr(p, o.attr)}
@@ -105,7 +106,7 @@ def options_document(settings: AppSettings) -> dict:
     server does when a request leaves it out (``server_default``: the configured default, None =
     the profile's; ``effective``: the value a run gets), plus the server's limits on top."""
     defaults = settings.defaults.options()
-    profile = profile_values(settings.model.profile)
+    profile = profile_values(settings.model.profile, settings.model.checkpoint_dir)
     server = as_values(defaults, REQUEST_OPTIONS)
     items = []
     for o in REQUEST_OPTIONS:

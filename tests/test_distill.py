@@ -27,11 +27,17 @@ def shards(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A copy of the bundled model (the tests never write next to the package's weights)."""
+    """A guided teacher: a copy of the bundled model (the tests never write next to the package's
+    weights) whose profile samples as the student's real teacher does (DDIM-20, guidance 3.5), so the
+    guided path of the target is what is checked. The bundled model itself is a distilled student
+    (4 steps, guidance 1)."""
     from lipsync.profiles import BUNDLED_MODELS
 
     dest = tmp_path_factory.mktemp("teacher") / "tiny"
     shutil.copytree(BUNDLED_MODELS / "tiny", dest, ignore=shutil.ignore_patterns("syncnet", "MODEL_CARD.md"))
+    index = json.loads((dest / "model_index.json").read_text())
+    index["profile"].update(num_steps=20, guidance_scale=3.5)
+    (dest / "model_index.json").write_text(json.dumps(index))
     return dest
 
 
@@ -57,15 +63,19 @@ def test_shipped_recipe_and_round_chaining(teacher):
     from lipsync.train.recipes import recipe_for
 
     cfg = load_config("tiny_distill")
-    assert cfg["recipe"] == "distill" and cfg["name"] == "tiny-distill" and cfg["teacher"] is None
-    recipe = recipe_for(cfg)
-    assert recipe.teacher_folder().name == "tiny"  # the bundled model
-    plan = recipe.plan()
+    assert cfg["recipe"] == "distill" and cfg["name"] == "tiny-distill"
+    assert cfg["teacher"] == "out/train/ckpt/tiny-unet-reg2/model"  # make tiny-model-teacher's export
+    plan = recipe_for(load_config("tiny_distill", [f"teacher={teacher}"])).plan()
     assert (plan["teacher_steps"], plan["num_steps"], plan["k"], plan["guidance_scale"]) == (20, 4, 5, 3.5)
+    # Without a teacher the bundled model is one: it is the 4-step student, so its round is 4 -> 2.
+    bundled = recipe_for(load_config("tiny_distill", ["teacher=null", "distill.num_steps=2"]))
+    assert bundled.teacher_folder().name == "tiny"
+    plan = bundled.plan()
+    assert (plan["teacher_steps"], plan["num_steps"], plan["k"], plan["guidance_scale"]) == (4, 2, 2, 1.0)
     nxt = load_config("tiny_distill", ["name=tiny-distill2", f"teacher={teacher}", "distill.num_steps=2"])
     assert nxt["teacher"] == str(teacher) and nxt["distill"]["num_steps"] == 2
     with pytest.raises(TrainConfigError, match="multiple of num_steps"):
-        recipe_for(load_config("tiny_distill", ["distill.num_steps=3"])).plan()
+        recipe_for(load_config("tiny_distill", [f"teacher={teacher}", "distill.num_steps=3"])).plan()
     with pytest.raises(TrainConfigError, match="distill.num_steps"):
         load_config("tiny_distill", ["distill.num_steps=0"])
 

@@ -1,6 +1,7 @@
 """The bundled model's training chain as shipped recipes (lipsync/configs/train/tiny_*.yaml): every stage
-of `make tiny-model` (and `make tiny-model-real`) resolves to exactly the config the Makefile's earlier
-`lipsync train` lines (a generic recipe + up to eleven ``--set`` overrides) gave. Config loading only:
+of `make tiny-model-teacher` (and `make tiny-model-real`) resolves to exactly the config the Makefile's
+earlier `lipsync train` lines (a generic recipe + up to eleven ``--set`` overrides) gave, and `make
+tiny-model` is that chain followed by the distillation of its last export. Config loading only:
 nothing trains here."""
 
 from __future__ import annotations
@@ -117,9 +118,9 @@ def test_recipe_alone_is_the_old_makefile_stage(stage):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize("train", ["out/train", "/data/elsewhere"])
 def test_makefile_tiny_model_is_the_old_chain(train):
-    """`make -n tiny-model` calls the eight recipes in order, and each resolves to the old line's config
-    (also with TRAIN moved: the Makefile passes the earlier stages' exports)."""
-    lines = _make_train_lines("tiny-model", f"TRAIN={train}")
+    """`make -n tiny-model-teacher` calls the eight recipes in order, and each resolves to the old
+    line's config (also with TRAIN moved: the Makefile passes the earlier stages' exports)."""
+    lines = _make_train_lines("tiny-model-teacher", f"TRAIN={train}")
     assert [argv[argv.index("--config") + 1] for argv in lines] == TINY_RECIPES
     assert all(len(argv) <= 14 for argv in lines)  # paths only: at most two --set, for init_from and syncnet
     new = [resolved(argv) for argv in lines]
@@ -128,6 +129,29 @@ def test_makefile_tiny_model_is_the_old_chain(train):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("train", ["out/train", "/data/elsewhere"])
+def test_makefile_tiny_model_is_the_chain_then_its_distillation(train):
+    """`make -n tiny-model`: the teacher's chain, then `tiny_distill` with that chain's last export as
+    the teacher, on the faces-kit's talking clips fetched by the manifest; the student is bundled."""
+    lines = _make_train_lines("tiny-model", f"TRAIN={train}")
+    assert [argv[argv.index("--config") + 1] for argv in lines] == TINY_RECIPES + ["tiny_distill"]
+    cfg, save = resolved(lines[-1])
+    assert cfg["teacher"] == f"{train}/ckpt/tiny-unet-reg2/model" and save == f"{train}/ckpt"
+    assert cfg["data"]["shards"] == f"{train}/shards_real" and cfg["name"] == "tiny-distill"
+    if train == "out/train":  # the shipped recipe's own paths are the Makefile's
+        from lipsync.train.config import load_config
+
+        assert cfg == load_config("tiny_distill")
+    out = subprocess.run(["make", "-n", "-s", "-C", str(ROOT), "tiny-model", f"TRAIN={train}", "KIT_MIRROR=/kit"],
+                         capture_output=True, text=True, check=True).stdout
+    assert f"data fetch --mirror /kit -q --kind talking --split train --link {train}/kit/talking" in out
+    assert f"cp -r {train}/ckpt/tiny-distill/model/* lipsync/assets/models/tiny/" in out
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_makefile_tiny_model_real_unchanged():
+    """As before, but started from the teacher's export: the bundled model is now its distilled student."""
     lines = _make_train_lines("tiny-model-real", "TRAIN=out/train")
-    assert [resolved(argv) for argv in lines] == _old(OLD_REAL, "out/train")
+    old = [line.replace("init_from=lipsync/assets/models/tiny", "init_from={T}/ckpt/tiny-unet-reg2/model")
+           for line in OLD_REAL]
+    assert [resolved(argv) for argv in lines] == _old(old, "out/train")

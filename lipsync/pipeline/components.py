@@ -163,6 +163,20 @@ def locate_weights(profile: Profile, checkpoint_dir: str | os.PathLike | None) -
                           f"no weights for profile '{profile.name}' ({INDEX} not found)")
 
 
+def model_profile(profile: Profile, checkpoint_dir: str | os.PathLike | None = None) -> Profile:
+    """The profile a pipeline of ``profile`` with these weights runs, read without loading them: a
+    weights folder's own (its ``model_index.json``: the bundled ``tiny`` model is a 4-step student
+    whose sampler differs from the profile file's), else ``profile``."""
+    loc = locate_weights(profile, checkpoint_dir)
+    if loc.kind != "folder":
+        return profile
+    index = loc.folder / INDEX
+    try:
+        return Profile.from_dict(json.loads(index.read_text())["profile"], source=str(index))
+    except (OSError, KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(str(index), f"unreadable model index ({err})") from err
+
+
 def load_components(profile: Profile, checkpoint_dir: str | os.PathLike | None,
                     parts: frozenset[str] | set[str] = ALL_PARTS) -> Components:
     """Components of ``profile`` with their weights, from ``checkpoint_dir`` (or the bundled copy).
