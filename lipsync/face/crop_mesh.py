@@ -15,7 +15,7 @@ import threading
 import cv2
 import numpy as np
 
-from lipsync.face.detect import box_iou, landmark_box
+from lipsync.face.detect import _warmup_image, box_iou, landmark_box
 from lipsync.face.quiet import quiet_native_logs
 
 SCALE = 3
@@ -46,6 +46,8 @@ class CropMesh:
             with quiet_native_logs():
                 self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=2,
                                                              refine_landmarks=False, min_detection_confidence=0.5)
+                # The graph logs its (harmless) start-up warnings on the first image it processes.
+                self._mesh.process(_warmup_image(SCALE * 96 + 2 * PAD))
         return self._mesh
 
     def points(self, crop: np.ndarray, source_points: np.ndarray) -> np.ndarray | None:
