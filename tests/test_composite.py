@@ -12,6 +12,7 @@ from face_helpers import load_astronaut
 from lipsync.eval import metrics as M
 from lipsync.face import FaceDetector, estimate_alignment, paste_back, warp_to_crop
 from lipsync.face import landmarks as lmk
+from lipsync.face import composite as C
 from lipsync.face.composite import composite_person, crop_points, region_masks
 from lipsync.face.mask import lower_face_mask
 
@@ -68,7 +69,7 @@ def test_the_mouth_comes_from_the_model(face):
     img, lm, m, crop = face
     generated = crop.copy()
     pts = crop_points(lm, m)
-    lips = pts[-len(lmk.LIPS_OUTER):]
+    lips = pts[C._L]
     cx, cy = lips.mean(axis=0)
     cv2.ellipse(generated, (int(cx), int(cy + 2)), (9, 6), 0, 0, 360, (20, 10, 10), -1)
     out = composite_person(img, generated, m, pts, lower_face_mask(SIZE))
@@ -243,7 +244,7 @@ def test_a_steady_difference_is_taken_out_over_a_clip_and_the_mouth_stays(face):
     pts = crop_points(lm, m)
     regen = lower_face_mask(SIZE)
     paste, mouth = region_masks(pts, SIZE, regen)
-    lips = pts[-len(lmk.LIPS_OUTER):]
+    lips = pts[C._L]
     cx, cy = lips.mean(axis=0)
     patch = (paste > 0.95) & (mouth == 0) & (np.arange(SIZE)[:, None] > cy - 4)
     patch = cv2.erode(patch.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
@@ -329,7 +330,7 @@ def test_the_source_chin_follows_the_generated_jaw(face):
     eyes = M.eye_region(img.shape, lm)
     assert not changed[eyes].any()
     chin, nose_y = lm[lmk.CHIN, 1], lm[list(lmk.NOSE_BOTTOM_ARC), 1].min()
-    assert np.nonzero(changed)[0].max() < chin + 0.6 * (chin - nose_y)
+    assert np.nonzero(changed)[0].max() < chin + 0.8 * (chin - nose_y)  # the band: a quarter crop below the jaw
     # The same points as the source's: nothing to follow, the result is the plain composite's.
     same = composite_person(img, generated, m, pts, regen, gen_points=pts)
     assert np.array_equal(same, composite_person(img, generated, m, pts, regen))

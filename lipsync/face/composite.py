@@ -48,10 +48,12 @@ COMPOSITE_MODES = ("person", "latentsync")
 _JAW = tuple(lmk.JAW[2:-2])  # cheek at nose height, over the chin, to the other cheek
 _NOSE = lmk.NOSE_BOTTOM_ARC
 _LIPS = lmk.LIPS_OUTER
-POINT_INDICES = np.array(_JAW + _NOSE + _LIPS, dtype=np.int64)
+_INNER = lmk.LIPS_INNER  # where the opening is: the shape warp moves the source's onto the generated one
+POINT_INDICES = np.array(_JAW + _NOSE + _LIPS + _INNER, dtype=np.int64)
 _J = slice(0, len(_JAW))
 _N = slice(len(_JAW), len(_JAW) + len(_NOSE))
-_L = slice(len(_JAW) + len(_NOSE), len(POINT_INDICES))
+_L = slice(len(_JAW) + len(_NOSE), len(_JAW) + len(_NOSE) + len(_LIPS))
+_I = slice(len(_JAW) + len(_NOSE) + len(_LIPS), len(POINT_INDICES))
 
 # Fractions of the crop size (the template puts nose tip 0.51, lips 0.61, chin 0.88).
 JAW_DROP = 0.07  # how far the generated chin may sit below the source's
@@ -75,6 +77,12 @@ APPEARANCE_PRIOR = 3.0  # frames of evidence at which the per-pixel offset gets 
 JAW_FOLLOW_MAX = 0.12
 JAW_FOLLOW_BAND = 0.25
 JAW_FOLLOW_MARGIN = 0.02  # the region then ends this far below the generated jaw (plus REGION_GROW)
+# With the generated face's points the region shows the person's own pixels moved into the generated
+# shape, and the model's pixels only inside the mouth where they are darker (an opening) by
+# INSIDE_LO..INSIDE_HI grey levels, judged on low-passes INSIDE_BLUR of the crop wide.
+PERSON_PIXELS = True
+INSIDE_LO, INSIDE_HI = 10.0, 30.0
+INSIDE_BLUR = 0.015
 
 
 class Appearance:
@@ -122,40 +130,51 @@ def _dilate(m: np.ndarray, r: float) -> np.ndarray:
     return cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
 
 
-def jaw_shift(points: np.ndarray, gen_points: np.ndarray | None, size: int):
-    """``(u, v) -> dv`` in crop pixels, or None when there is nothing to move: where to sample the
-    source so that its jaw line (``points``) lands on the generated crop's (``gen_points``). At the
-    generated jaw the source is read at its own jaw; the shift fades linearly to 0 at the mouth's
-    centre line above and ``JAW_FOLLOW_BAND`` below, and beyond the jaw's ends sideways."""
+def shape_warp(points: np.ndarray, gen_points: np.ndarray | None, size: int):
+    """``(u, v) -> (du, dv)`` in crop pixels, or None when there is nothing to move: where to read
+    the source so that its jaw and lips (``points``) land where the generated crop has them
+    (``gen_points``). A thin-plate spline through the point pairs, held at 0 on a frame around them
+    (the nose's lower rim above, ``JAW_FOLLOW_BAND`` below the lower jaw, a little outside the jaw's
+    ends), and 0 outside that frame. Moves are clipped to ``JAW_FOLLOW_MAX``."""
+    from scipy.interpolate import RBFInterpolator
+
     if gen_points is None:
         return None
-    src, gen = np.asarray(points, np.float64)[_J], np.asarray(gen_points, np.float64)[_J]
+    src, gen = np.asarray(points, np.float64), np.asarray(gen_points, np.float64)
     if src.shape != gen.shape or not np.isfinite(gen).all():
         return None
     lim = JAW_FOLLOW_MAX * size
-    order = np.argsort(src[:, 0])
-    us = src[order, 0]
-    dv = np.clip(src[order, 1] - gen[order, 1], -lim, lim)
-    if np.abs(dv).max() < 0.25:  # under a quarter crop pixel: not worth resampling the source
+    idx = np.arange(len(POINT_INDICES))
+    moving = np.concatenate([idx[_J], idx[_L], idx[_I]])
+    d = np.clip(src[moving] - gen[moving], -lim, lim)
+    if np.abs(d).max() < 0.25:  # under a quarter crop pixel: not worth resampling the source
         return None
-    ys = src[order, 1]
     taper = 0.05 * size
-    us = np.concatenate([[us[0] - taper], us, [us[-1] + taper]])
-    dv = np.concatenate([[0.0], dv, [0.0]])
-    ys = np.concatenate([[ys[0]], ys, [ys[-1]]])
-    mouth_v = float(np.asarray(points, np.float64)[_L][:, 1].mean())
-    band = JAW_FOLLOW_BAND * size
+    jaw = np.concatenate([src[_J], gen[_J]])
+    u0, u1 = jaw[:, 0].min() - taper, jaw[:, 0].max() + taper
+    v0 = float(src[_N][:, 1].min())  # the nose's rim: nothing above it moves
+    v1 = float(jaw[:, 1].max()) + JAW_FOLLOW_BAND * size
+    ring = [(u, v0) for u in np.linspace(u0, u1, 9)] + [(u, v1) for u in np.linspace(u0, u1, 9)]
+    ring += [(u, v) for v in np.linspace(v0, v1, 7)[1:-1] for u in (u0, u1)]
+    ctrl = np.concatenate([gen[moving], src[_N], np.array(ring)])
+    disp = np.concatenate([d, np.zeros((len(src[_N]) + len(ring), 2))])
+    spline = RBFInterpolator(ctrl, disp, kernel="thin_plate_spline", smoothing=0.5)
+    # The spline on a grid of 2 crop pixels, sampled bilinearly: the same field at a tenth of the cost.
+    step = 2.0
+    gu, gv = np.arange(u0, u1 + step, step), np.arange(v0, v1 + step, step)
+    uu, vv = np.meshgrid(gu, gv)
+    field = spline(np.stack([uu.ravel(), vv.ravel()], axis=1)).reshape(len(gv), len(gu), 2).astype(np.float32)
 
-    def shift(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        d = np.interp(u, us, dv, left=0.0, right=0.0)
-        y_gen = np.interp(u, us, ys) - d  # the generated jaw line
-        above = np.clip((v - mouth_v) / np.maximum(y_gen - mouth_v, 1.0), 0.0, 1.0)
-        below = np.clip(1.0 - (v - y_gen) / band, 0.0, 1.0)
-        return d * np.where(v <= y_gen, above, below)
+    def warp(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+        inside = (u > u0) & (u < u1) & (v > v0) & (v < v1)
+        at = cv2.remap(field, ((u - u0) / step).astype(np.float32), ((v - v0) / step).astype(np.float32),
+                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return np.where(inside, at[..., 0], 0.0), np.where(inside, at[..., 1], 0.0)
 
-    shift.reach = float(np.max(ys - dv)) + band  # lowest crop row the shift touches
-    shift.span = (float(us[0]), float(us[-1]), mouth_v)
-    return shift
+    warp.reach = v1  # lowest crop row the warp touches
+    warp.span = (float(u0), float(u1), v0)
+    return warp
 
 
 def region_masks(points: np.ndarray, size: int, regen: np.ndarray | None = None,
@@ -223,34 +242,46 @@ def match_colour(generated: np.ndarray, source: np.ndarray, weight: np.ndarray, 
     return generated + (num + floor * offset) / (den + floor)
 
 
-def _shifted_crop(image: np.ndarray, m: np.ndarray, size: int, shift) -> np.ndarray:
-    """The source crop read through ``shift`` (:func:`jaw_shift`): rows below the crop come from a
-    crop warped with a margin around it."""
+def _shifted_crop(image: np.ndarray, m: np.ndarray, size: int, warp) -> np.ndarray:
+    """The source crop read through ``warp`` (:func:`shape_warp`): what lies beyond the crop comes
+    from a crop warped with a margin around it."""
     a = int(np.ceil(JAW_FOLLOW_MAX * size)) + 2
     m_big = m.copy()
     m_big[:, 2] += a
     big = warp_to_crop(image, m_big, size + 2 * a)
     v, u = np.mgrid[0:size, 0:size].astype(np.float64)
-    dv = shift(u, v)
-    return cv2.remap(big, (u + a).astype(np.float32), (v + dv + a).astype(np.float32), cv2.INTER_LINEAR,
+    du, dv = warp(u, v)
+    return cv2.remap(big, (u + du + a).astype(np.float32), (v + dv + a).astype(np.float32), cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)
 
 
-def _shifted_roi(image: np.ndarray, m: np.ndarray, shift, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """``image[y0:y1, x0:x1]`` with the source read through ``shift``: frame pixel (x, y) at crop
-    (u, v) shows the source at crop (u, v + dv); where dv is 0 the pixels are the input's own."""
+def _shifted_roi(image: np.ndarray, m: np.ndarray, warp, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """``image[y0:y1, x0:x1]`` with the source read through ``warp``: frame pixel (x, y) at crop
+    (u, v) shows the source at crop (u + du, v + dv); where nothing moves the pixels are the input's own."""
     y, x = np.mgrid[y0:y1, x0:x1].astype(np.float64)
     u = m[0, 0] * x + m[0, 1] * y + m[0, 2]
     v = m[1, 0] * x + m[1, 1] * y + m[1, 2]
-    dv = shift(u, v)
+    du, dv = warp(u, v)
     inv = invert(m)
-    moved = cv2.remap(image, (x + inv[0, 1] * dv).astype(np.float32), (y + inv[1, 1] * dv).astype(np.float32),
+    moved = cv2.remap(image, (x + inv[0, 0] * du + inv[0, 1] * dv).astype(np.float32),
+                      (y + inv[1, 0] * du + inv[1, 1] * dv).astype(np.float32),
                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     roi = image[y0:y1, x0:x1]
-    keep = (np.abs(dv) < 1e-3)
+    keep = (np.abs(du) + np.abs(dv) < 1e-3)
     if roi.ndim == 3:
         keep = keep[..., None]
     return np.where(keep, roi, moved)
+
+
+def mouth_inside(generated: np.ndarray, moved_source: np.ndarray, gen_points: np.ndarray, size: int) -> np.ndarray:
+    """Crop-space weight of the generated mouth's inside: within the generated lips' outline, where
+    the generated crop is darker than the source moved into its shape (an opening the source does
+    not have: the source's lips there are only stretched). Feathered."""
+    lips = _hull_mask(np.asarray(gen_points, np.float64)[_L], size).astype(np.float32)
+    sigma = max(1.0, INSIDE_BLUR * size)
+    dark = _luma(cv2.GaussianBlur(moved_source, (0, 0), sigma)) - _luma(cv2.GaussianBlur(generated, (0, 0), sigma))
+    w = np.clip((dark - INSIDE_LO) / (INSIDE_HI - INSIDE_LO), 0.0, 1.0) * lips
+    return cv2.GaussianBlur(w, (0, 0), sigma)
 
 
 def _luma(x: np.ndarray) -> np.ndarray:
@@ -272,7 +303,7 @@ def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points:
     size = crop.shape[0]
     m = np.asarray(M, dtype=np.float64)
     m_frame = m.copy()  # frame -> crop at the crop's own size (m is rescaled below for fine crops)
-    shift = jaw_shift(points, gen_points, size)
+    shift = shape_warp(points, gen_points, size)
     paste, mouth = region_masks(points, size, regen, gen_points if shift is not None else None)
     out = image.copy()
     if not (paste > 0).any():
@@ -289,6 +320,9 @@ def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points:
         # (mouth r against the speech 0.78 -> -0.81 on one of them).
         w = (confidence * skin)[..., None]
         gen = w * (raw + steady) + (1.0 - w) * gen
+    inner = None
+    if shift is not None and PERSON_PIXELS:
+        inner = mouth_inside(gen, src_crop, gen_points, size)
     # A crop much finer than the frame (512 px crop of a small face) is shrunk first, as paste_back
     # does: sampling it point-wise would alias.
     s_min = float(np.linalg.svd(m[:, :2], compute_uv=False).min())
@@ -297,6 +331,8 @@ def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points:
         k = n / size
         gen = cv2.resize(gen, (n, n), interpolation=cv2.INTER_AREA)
         paste = cv2.resize(paste, (n, n), interpolation=cv2.INTER_AREA)
+        if inner is not None:
+            inner = cv2.resize(inner, (n, n), interpolation=cv2.INTER_AREA)
         m = (_resample_matrix(k) @ _to3(m))[:2]
         s_min /= k
     ys, xs = np.nonzero(paste > 0)
@@ -344,7 +380,11 @@ def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points:
     # shape (sharpness 0.62 vs 0.95 on a blurred copy of the source): the change decides alone.
     a_hf = a_c * a_p
     ap, ahf = a_p[..., None], a_hf[..., None]
-    blended = s + ap * (lg - ls) + ahf * ((g - lg) - (s - ls))
+    if inner is None:
+        blended = s + ap * (lg - ls) + ahf * ((g - lg) - (s - ls))
+    else:  # the person's own pixels, moved into the generated shape; the model's inside of the mouth
+        a_i = (np.clip(back(inner, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT), 0.0, 1.0) * a_p)[..., None]
+        blended = s + a_i * (g - s)
     if np.issubdtype(roi.dtype, np.integer):
         info = np.iinfo(roi.dtype)
         blended = np.clip(np.rint(blended), info.min, info.max)
