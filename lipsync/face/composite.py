@@ -18,11 +18,14 @@ changes and takes everything else from the source frame:
   taken out, so what is left of the model's image there is what it changes from frame to frame:
   the speech. Around the mouth only the smooth field applies: there the steady difference would
   include the mean mouth shape.
-* **The jaw**: when the model moves the jaw where the source does not (a mouth it closes that the
-  source holds open), the source's chin would show below the generated one (a double chin). Given
-  the generated crop's own mesh points (``gen_points``, :class:`lipsync.face.crop_mesh.CropMesh`),
-  the source below the mouth is moved, column by column, so that its jaw line lands on the
-  generated one, fading to no move a quarter of the crop below the jaw (:func:`jaw_shift`).
+* **The person's pixels in the model's shape** (given ``gen_points``, the generated crop's own mesh
+  points from :class:`lipsync.face.crop_mesh.CropMesh`): the source is moved by a thin-plate
+  spline so that its jaw and lips land where the model put them (:func:`shape_warp`), and the
+  region shows that moved source (the person's lips, beard, skin and, below the jaw, neck),
+  with the model's pixels only inside the mouth where they are darker than the moved source (an
+  opening the source does not have: :func:`mouth_inside`). A jaw the model closes thus leaves no
+  second chin, and a low-resolution model no blur. Without ``gen_points`` (no face found on the
+  crop) or with ``PERSON_PIXELS`` off, the blend below applies.
 * **Texture**: at frame resolution, the generated image contributes its low frequencies everywhere
   in the region (the jaw and lip shape) and its high frequencies only where its shape differs from
   the source's (an opening mouth, a dropping jaw: judged on coarse low-passes, so the model's blur
