@@ -8,9 +8,10 @@ shift, mouth opening r against the speech, LSE-C / offset).
     .venv/bin/python benchmarks/composite_variants.py --runs out/real_faces [--only STEM ...] \\
         [--set name:KEY=VALUE,KEY=VALUE ...] [--syncnet DIR] [--out out/composite_variants]
 
-A setting is a name and overrides of the module's constants (e.g. ``narrow:JAW_SPAN=0.5``,
-``nojaw:JAW_FOLLOW_MAX=0`` for the source's jaw kept); the module's defaults always run as
-``default``. The generated jaw is found on each crop as the pipeline finds it. Writes variants.json and, per setting, a frame grid of
+A setting is a name and overrides of the module's constants (e.g. ``narrow:JAW_SPAN=0.5``), plus
+``MODE=person_warp`` for the composite that also follows the generated crop's own mesh (found on
+each crop as the pipeline's ``person_warp`` mode finds it; e.g. ``warp:MODE=person_warp`` and
+``jaw:MODE=person_warp,PERSON_PIXELS=0``); the module's defaults always run as ``default``. Writes variants.json and, per setting, a frame grid of
 face zooms (rows: dubs; columns: input, then each setting) at 1.6 s.
 """
 
@@ -91,10 +92,12 @@ def main() -> int:
         for name, values in settings:
             dest = out / name / f"{stem}.mp4"
             dest.parent.mkdir(parents=True, exist_ok=True)
+            values = dict(values)
+            warp = values.pop("MODE", "person") == "person_warp"
             with overridden(composite, values):
                 memory = composite.Appearance()  # as the Compositor keeps one per job
-                frames = [composite.composite_person(images[i], crops[i], mats[i], pts[i], regen,
-                                                     appearance=memory, index=i, gen_points=gen_pts[i])
+                frames = [composite.composite_person(images[i], crops[i], mats[i], pts[i], regen, appearance=memory,
+                                                     index=i, gen_points=gen_pts[i] if warp else None)
                           for i in range(len(images))]
             with VideoWriter(str(dest), fps=FPS, audio=load_audio(str(wav), 16000), audio_rate=16000) as w:
                 for f in frames:

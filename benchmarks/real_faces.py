@@ -11,7 +11,7 @@ and offset. Bars (issue "real people"): eyes >= 38 dB, sharpness >= 0.8, dE <= 3
 LSE-C >= 0.8 x the clips' own, offset within +-1.
 
     .venv/bin/python benchmarks/real_faces.py --mirror ../shared/data/faces-kit \\
-        [--portraits 8] [--talking 6] [--seconds 3] [--checkpoint_dir DIR] [--composite person|latentsync] \\
+        [--portraits 8] [--talking 6] [--seconds 3] [--checkpoint_dir DIR] [--composite person|person_warp|latentsync] \\
         [--syncnet DIR] [--out out/real_faces]
 
 Writes real_faces.json, one eval report per video and grid.png (input | output, full frame and a
@@ -139,7 +139,7 @@ def main() -> int:
     ap.add_argument("--talking", type=int, default=6, help="talking clips (one per held-out person)")
     ap.add_argument("--seconds", type=float, default=3.0, help="speech per dub, seconds")
     ap.add_argument("--checkpoint_dir", default=None, help="a model folder (model_index.json); default: bundled")
-    ap.add_argument("--composite", default=None, choices=("person", "latentsync"), help="default: the profile's")
+    ap.add_argument("--composite", default=None, choices=("person", "person_warp", "latentsync"), help="default: the profile's")
     ap.add_argument("--syncnet", default=None, help="SyncNet folder for the scores; default: bundled")
     ap.add_argument("--out", default="out/real_faces")
     ap.add_argument("--keep_crops", action="store_true",

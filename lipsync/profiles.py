@@ -72,7 +72,8 @@ class Profile:
     # itself (LatentSync); a shift gives the UNet another mouth of the same face, as in training.
     reference_shift: int = 0
     # How generated crops go back into the frame: person (keep the person's texture, colour and
-    # upper face; lipsync.face.composite) or latentsync (paste the mask's region, as LatentSync does).
+    # upper face; lipsync.face.composite), person_warp (person, and the person's own pixels moved
+    # into the shape the model drew) or latentsync (paste the mask's region, as LatentSync does).
     composite: str = "person"
     files: dict[str, WeightFile] = field(default_factory=dict)
     weights: dict = field(default_factory=dict)  # our folder format: {folder, bundled, allow_random_init}

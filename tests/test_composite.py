@@ -111,7 +111,7 @@ def test_compositor_modes(face):
     pts = crop_points(lm, m)
     regen = lower_face_mask(SIZE)
     outs = {}
-    for mode in ("person", "latentsync"):
+    for mode in ("person", "person_warp", "latentsync"):
         comp = Compositor(CompositeSpec(mode, regen), overlap=0)
         comp.add(Window(0, 1), crop[None])
         outs[mode], pasted = comp.frame(0, img, m, pts)
@@ -125,8 +125,9 @@ def test_compositor_modes(face):
     # the Compositor keeps one appearance memory per job, fed frame by frame
     from lipsync.face.crop_mesh import CropMesh
 
-    assert np.array_equal(outs["person"], composite_person(img, crop, m, pts, regen, appearance=Appearance(), index=0,
-                                                           gen_points=CropMesh().points(crop, pts)))
+    assert np.array_equal(outs["person"], composite_person(img, crop, m, pts, regen, appearance=Appearance(), index=0))
+    assert np.array_equal(outs["person_warp"], composite_person(img, crop, m, pts, regen, appearance=Appearance(),
+                                                                index=0, gen_points=CropMesh().points(crop, pts)))
     comp = Compositor(CompositeSpec("person", regen), overlap=0)
     comp.add(Window(0, 1), crop[None])
     with pytest.raises(ValueError, match="crop points"):

@@ -18,8 +18,8 @@ changes and takes everything else from the source frame:
   taken out, so what is left of the model's image there is what it changes from frame to frame:
   the speech. Around the mouth only the smooth field applies: there the steady difference would
   include the mean mouth shape.
-* **The person's pixels in the model's shape** (given ``gen_points``, the generated crop's own mesh
-  points from :class:`lipsync.face.crop_mesh.CropMesh`): the source is moved by a thin-plate
+* **The person's pixels in the model's shape** (the ``person_warp`` mode: given ``gen_points``, the
+  generated crop's own mesh points from :class:`lipsync.face.crop_mesh.CropMesh`): the source is moved by a thin-plate
   spline so that its jaw and lips land where the model put them (:func:`shape_warp`), and the
   region shows that moved source (the person's lips, beard, skin and, below the jaw, neck),
   with the model's pixels only inside the mouth where they are darker than the moved source (an
@@ -45,7 +45,9 @@ from lipsync.face import landmarks as lmk
 from lipsync.face.align import DEFAULT_INTERPOLATION, _resample_matrix, _to3, invert, warp_landmarks, warp_to_crop
 from lipsync.face.mask import feather
 
-COMPOSITE_MODES = ("person", "latentsync")
+# person_warp: person, plus the generated crop's own mesh (gen_points): the person's pixels moved into
+# the model's shape. Not the default: on the measured runs it lost sync (model card).
+COMPOSITE_MODES = ("person", "person_warp", "latentsync")
 
 # The mesh points the composite needs, in this order; crop_points() returns them.
 _JAW = tuple(lmk.JAW[2:-2])  # cheek at nose height, over the chin, to the other cheek

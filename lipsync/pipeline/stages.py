@@ -76,7 +76,7 @@ class CompositeSpec:
     regenerated region and the profile's framing (``align``: the latentsync mode re-cuts each
     frame's input crop as the aligner cut it)."""
 
-    mode: str  # person: keep the person (lipsync.face.composite); latentsync: LatentSync's paste-back
+    mode: str  # person (lipsync.face.composite), person_warp (+ the generated crop's mesh), latentsync
     regen_mask: np.ndarray  # the model's regenerated region on the crop (1 = generated)
     align: str = "template"  # lipsync.face.aligner.ALIGN_MODES
 
@@ -233,12 +233,12 @@ class Compositor:
         crop = self.blender.pop(index)
         if crop is None or matrix is None:
             return image, False
-        if self.spec.mode == "person":
+        if self.spec.mode in ("person", "person_warp"):
             if points is None or not np.isfinite(points).all():
                 raise ValueError(f"frame {index}: the person composite needs the face's crop points")
+            gen_points = CropMesh.for_thread().points(crop, points) if self.spec.mode == "person_warp" else None
             return composite_person(image, crop, matrix, points, self.spec.regen_mask,
-                                    appearance=self.appearance, index=index,
-                                    gen_points=CropMesh.for_thread().points(crop, points)), True
+                                    appearance=self.appearance, index=index, gen_points=gen_points), True
         from lipsync.face.aligner import cut_crop
         from lipsync.pipeline.latentsync_exact import restore_frame
 
