@@ -76,9 +76,9 @@ CHANGE_SCALE = 2.0  # the change is judged on low-passes this many crop pixels w
 # out, lighting changes over seconds are followed.
 APPEARANCE_HALF_LIFE = 25.0
 APPEARANCE_PRIOR = 3.0  # frames of evidence at which the per-pixel offset gets half the weight
-# Jaw following: the source's jaw line is moved onto the generated one by at most JAW_FOLLOW_MAX,
-# and the move fades out over JAW_FOLLOW_BAND below the jaw (neck, collar) and towards the mouth's
-# centre line above it. BAND > MAX keeps the mapping one-to-one (nothing folds).
+# person_warp's shape warp (shape_warp): moves of at most JAW_FOLLOW_MAX, back to none at
+# JAW_FOLLOW_BAND below the lower jaw (neck, collar) and at the nose's rim. BAND > MAX keeps the
+# mapping one-to-one (nothing folds).
 JAW_FOLLOW_MAX = 0.12
 JAW_FOLLOW_BAND = 0.25
 JAW_FOLLOW_MARGIN = 0.02  # the region then ends this far below the generated jaw (plus REGION_GROW)
