@@ -86,7 +86,9 @@ JAW_FOLLOW_MARGIN = 0.02  # the region then ends this far below the generated ja
 # shape, and the model's pixels only inside the mouth where they are darker (an opening) by
 # INSIDE_LO..INSIDE_HI grey levels, judged on low-passes INSIDE_BLUR of the crop wide.
 PERSON_PIXELS = True
+WARP_GAIN = 1.5  # the moves the mesh reads, scaled (it reads about 2/3 of a blurred mouth's)
 INSIDE_LO, INSIDE_HI = 10.0, 30.0
+INSIDE = "inner"  # or "dark" (mouth_inside)
 INSIDE_BLUR = 0.015
 
 
@@ -151,13 +153,18 @@ def shape_warp(points: np.ndarray, gen_points: np.ndarray | None, size: int):
     lim = JAW_FOLLOW_MAX * size
     idx = np.arange(len(POINT_INDICES))
     moving = np.concatenate([idx[_J], idx[_L], idx[_I]])
-    d = np.clip(src[moving] - gen[moving], -lim, lim)
+    d = np.clip(WARP_GAIN * (src[moving] - gen[moving]), -lim, lim)
+    v0 = float(src[_N][:, 1].min())  # the nose's rim: nothing above it moves
+    # The jaw's upper ends (the cheeks at nose height) barely move with the mouth; moving them as
+    # much as the chin sheared the face's outline against the still frame above (a step at the cheek).
+    chin = float(src[_J][:, 1].max())
+    t = np.clip((src[moving][:, 1] - v0) / max(chin - v0, 1.0), 0.0, 1.0)
+    d *= (t * t * (3.0 - 2.0 * t))[:, None]
     if np.abs(d).max() < 0.25:  # under a quarter crop pixel: not worth resampling the source
         return None
     taper = 0.05 * size
     jaw = np.concatenate([src[_J], gen[_J]])
     u0, u1 = jaw[:, 0].min() - taper, jaw[:, 0].max() + taper
-    v0 = float(src[_N][:, 1].min())  # the nose's rim: nothing above it moves
     v1 = float(jaw[:, 1].max()) + JAW_FOLLOW_BAND * size
     ring = [(u, v0) for u in np.linspace(u0, u1, 9)] + [(u, v1) for u in np.linspace(u0, u1, 9)]
     ring += [(u, v) for v in np.linspace(v0, v1, 7)[1:-1] for u in (u0, u1)]
@@ -279,11 +286,16 @@ def _shifted_roi(image: np.ndarray, m: np.ndarray, warp, x0: int, y0: int, x1: i
 
 
 def mouth_inside(generated: np.ndarray, moved_source: np.ndarray, gen_points: np.ndarray, size: int) -> np.ndarray:
-    """Crop-space weight of the generated mouth's inside: within the generated lips' outline, where
-    the generated crop is darker than the source moved into its shape (an opening the source does
-    not have: the source's lips there are only stretched). Feathered."""
-    lips = _hull_mask(np.asarray(gen_points, np.float64)[_L], size).astype(np.float32)
+    """Crop-space weight of the generated mouth's inside, feathered. ``INSIDE == "dark"``: within
+    the generated lips' outline, where the generated crop is darker than the source moved into its
+    shape (an opening the source does not have: the source's lips there are only stretched).
+    ``"inner"``: all of the generated inner lip contour (the source's teeth and tongue, which move
+    with the source's own speech, never show)."""
     sigma = max(1.0, INSIDE_BLUR * size)
+    if INSIDE == "inner":
+        inner = _dilate(_hull_mask(np.asarray(gen_points, np.float64)[_I], size), 0.01 * size).astype(np.float32)
+        return cv2.GaussianBlur(inner, (0, 0), sigma)
+    lips = _hull_mask(np.asarray(gen_points, np.float64)[_L], size).astype(np.float32)
     dark = _luma(cv2.GaussianBlur(moved_source, (0, 0), sigma)) - _luma(cv2.GaussianBlur(generated, (0, 0), sigma))
     w = np.clip((dark - INSIDE_LO) / (INSIDE_HI - INSIDE_LO), 0.0, 1.0) * lips
     return cv2.GaussianBlur(w, (0, 0), sigma)
