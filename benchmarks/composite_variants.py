@@ -88,7 +88,9 @@ def main() -> int:
             ref = str(kit.fetch([manifest[row["face"]]]).paths[0])
         t = min(len(images) - 1, int(1.6 * FPS))
         inputs.append(_zoom(images[t], mats[t]))
-        gen_pts = [mesh.points(crops[i], pts[i]) for i in range(len(images))]  # as the Compositor finds them
+        warped = any(v.get("MODE") == "person_warp" for _, v in settings)
+        # as the Compositor's person_warp mode finds them; only when a setting uses them
+        gen_pts = [mesh.points(crops[i], pts[i]) if warped else None for i in range(len(images))]
         for name, values in settings:
             dest = out / name / f"{stem}.mp4"
             dest.parent.mkdir(parents=True, exist_ok=True)

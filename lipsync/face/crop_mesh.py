@@ -75,8 +75,3 @@ class CropMesh:
             if iou > best_iou and np.isfinite(pts).all():
                 best, best_iou = pts, iou
         return None if best is None else best.astype(np.float32)
-
-    def close(self) -> None:
-        if self._mesh is not None:
-            self._mesh.close()
-            self._mesh = None

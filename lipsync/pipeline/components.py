@@ -170,11 +170,18 @@ def model_profile(profile: Profile, checkpoint_dir: str | os.PathLike | None = N
     loc = locate_weights(profile, checkpoint_dir)
     if loc.kind != "folder":
         return profile
-    index = loc.folder / INDEX
+    return Profile.from_dict(_read_index(loc.folder)["profile"], source=str(loc.folder / INDEX))
+
+
+def _read_index(folder: Path) -> dict:
+    """A weights folder's ``model_index.json``; a CheckpointError naming it when it cannot be read."""
     try:
-        return Profile.from_dict(json.loads(index.read_text())["profile"], source=str(index))
-    except (OSError, KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(str(index), f"unreadable model index ({err})") from err
+        index = json.loads((folder / INDEX).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(str(folder / INDEX), f"unreadable model index ({err})") from err
+    if not isinstance(index, dict) or "profile" not in index:
+        raise CheckpointError(str(folder / INDEX), "unreadable model index (no profile)")
+    return index
 
 
 def load_components(profile: Profile, checkpoint_dir: str | os.PathLike | None,
@@ -253,10 +260,7 @@ def load_folder(folder: str | os.PathLike, parts: frozenset[str] | set[str] = AL
     from lipsync.models.weights import verify_sha256
 
     folder = Path(folder)
-    try:
-        index = json.loads((folder / INDEX).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(str(folder / INDEX), f"unreadable model index ({err})") from err
+    index = _read_index(folder)
     wanted = {"unet": "unet", "vae": "vae", "audio": "audio_encoder"}
     sub = {wanted[p] for p in parts}
     for rel, digest in (index.get("sha256") or {}).items():
