@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from lipsync.options import COMPOSITE_MODES
 
 BARS = {"psnr_eyes": 38.0, "sharpness_ratio": 0.8, "colour_shift": 3.0, "mouth_r": 0.25, "lse_c_ratio": 0.8,
         "offset_abs": 1}
@@ -139,7 +140,7 @@ def main() -> int:
     ap.add_argument("--talking", type=int, default=6, help="talking clips (one per held-out person)")
     ap.add_argument("--seconds", type=float, default=3.0, help="speech per dub, seconds")
     ap.add_argument("--checkpoint_dir", default=None, help="a model folder (model_index.json); default: bundled")
-    ap.add_argument("--composite", default=None, choices=("person", "person_warp", "latentsync"), help="default: the profile's")
+    ap.add_argument("--composite", default=None, choices=COMPOSITE_MODES, help="default: the profile's")
     ap.add_argument("--syncnet", default=None, help="SyncNet folder for the scores; default: bundled")
     ap.add_argument("--out", default="out/real_faces")
     ap.add_argument("--keep_crops", action="store_true",
@@ -152,7 +153,6 @@ def main() -> int:
     from lipsync.data import kit
     from lipsync.eval import evaluate
     from lipsync.pipeline import GenerateOptions, LipSyncPipeline
-    from lipsync.pipeline.stages import composite_spec_of
 
     out = Path(args.out)
     (out / "inputs").mkdir(parents=True, exist_ok=True)
@@ -173,10 +173,7 @@ def main() -> int:
         pipe = LipSyncPipeline.from_pretrained(ckpt, device="cpu")
     else:
         pipe = LipSyncPipeline.from_profile("tiny", checkpoint_dir=ckpt, device="cpu")
-    if args.composite:
-        pipe.profile = dataclasses.replace(pipe.profile, composite=args.composite)
-        pipe.composite = composite_spec_of(pipe.profile)
-    opts = GenerateOptions()
+    opts = GenerateOptions(composite=args.composite or None)
 
     rows, grid, t_gen = [], [], 0.0
     for k, face in enumerate(faces):

@@ -24,6 +24,8 @@ NO_FACE_POLICIES = ("error", "passthrough")
 FACE_HELP = "'largest', a face index (0 = largest, 1 = next ...) or 'track:ID'"
 # The samplers (lipsync.pipeline.denoise.make_scheduler): all deterministic, on the training schedule.
 SCHEDULERS = ("ddim", "dpmsolver++", "unipc", "deis", "euler")
+# How the regenerated face goes back into the frame (lipsync.face.composite, lipsync.pipeline.stages).
+COMPOSITE_MODES = ("person", "person_warp", "latentsync")
 
 
 def parse_bool(value) -> bool:
@@ -82,6 +84,12 @@ class GenerateOptions:
     deepcache_interval: int | None = _option(None, "DeepCache: run the full UNet every N steps and reuse its "
                                                    "deep features in between (0 = off)", kind="int",
                                              name="deepcache", minimum=0, maximum=1000)
+    composite: str | None = _option(
+        None, "how the regenerated face goes back into the frame: person (the model's lower face, colour-matched, "
+              "the source's texture kept where the mouth did not change), person_warp (the person's own lips, "
+              "beard and skin moved into the mouth shape the model drew: looks most like the person, follows the "
+              "speech less on the measured clips) or latentsync (LatentSync's paste of the masked region)",
+        kind="choice", choices=COMPOSITE_MODES)
     no_face: str | None = _option(
         None, "when no frame has a face: fail (error), or write the video, frames untouched, with the new "
               "speech (passthrough; the result says no_face)", kind="choice", choices=NO_FACE_POLICIES,

@@ -201,7 +201,7 @@ def _compare_batch_stages_with_generate(pipe, corpus, tmp_path):
                      audio=str(corpus / "b" / "audio.wav"), options=opts),
              DubTask("c", str(tmp_path / "c.mp4"), video=str(corpus / "c" / "video.mp4"),
                      audio=str(corpus / "c" / "audio.wav"),
-                     options=GenerateOptions(num_steps=1, guidance_scale=1.0, seed=9))]
+                     options=GenerateOptions(num_steps=1, guidance_scale=1.0, seed=9, composite="latentsync"))]
     prep = PrepareVideo(pipe.setup, shard_windows=2)  # the very setup generate uses
     shards, plans = [], {}
     for t in tasks:
@@ -211,6 +211,8 @@ def _compare_batch_stages_with_generate(pipe, corpus, tmp_path):
             else:
                 shards.append(item)
     assert plans["a"].n_shards == 2 and plans["a"].n_src == 20 and plans["a"].n_out == 30
+    # a row's composite option, else the profile's
+    assert plans["a"].composite.mode == "person" and plans["c"].composite.mode == "latentsync"
     denoise_shards(pipe.stage_denoiser, shards, max_batch=4)  # windows of both videos in one pass
     res = {t.id: finish_video(plans[t.id], [s for s in shards if s.id == t.id], str(tmp_path / "out")) for t in tasks}
     assert res["a"].frames == 30 and res["a"].frames_with_face == 30

@@ -23,7 +23,8 @@ from serve_helpers import serve_port  # noqa: F401  (Ray Serve on a free port, o
 
 # A non-default value of every request option (a new option fails here until it is added).
 REQUEST = {"num_steps": 7, "guidance_scale": 2.5, "seed": 3, "face": 1, "loop": "freeze", "silence_gating": True,
-           "overlap": 2, "deepcache": 3, "scheduler": "unipc", "guidance_interval": 0.5, "no_face": "passthrough"}
+           "overlap": 2, "deepcache": 3, "scheduler": "unipc", "guidance_interval": 0.5, "no_face": "passthrough",
+           "composite": "person_warp"}
 NONE: dict = {}
 
 

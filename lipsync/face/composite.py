@@ -44,10 +44,10 @@ import numpy as np
 from lipsync.face import landmarks as lmk
 from lipsync.face.align import DEFAULT_INTERPOLATION, _resample_matrix, _to3, invert, warp_landmarks, warp_to_crop
 from lipsync.face.mask import feather
+from lipsync.options import COMPOSITE_MODES  # noqa: F401  (declared with the options; re-exported here)
 
-# person_warp: person, plus the generated crop's own mesh (gen_points): the person's pixels moved into
-# the model's shape. Not the default: on the measured runs it lost sync (model card).
-COMPOSITE_MODES = ("person", "person_warp", "latentsync")
+# person_warp (person, plus the generated crop's own mesh, gen_points: the person's pixels moved into
+# the model's shape) is not the default: on the measured runs it lost sync (model card).
 
 # The mesh points the composite needs, in this order; crop_points() returns them.
 _JAW = tuple(lmk.JAW[2:-2])  # cheek at nose height, over the chin, to the other cheek

@@ -221,7 +221,8 @@ class LipSyncPipeline:
                                 audio_rate=job.speech.driving.native_rate) as writer:
                 stages["setup"] += time.perf_counter() - t0
                 n_out = job.num_frames
-                out = _Writeback(Compositor(self.composite, job.planner.overlap), writer, n_out, progress)
+                composite = composite_spec_of(self.profile, opts.composite)
+                out = _Writeback(Compositor(composite, job.planner.overlap), writer, n_out, progress)
                 plan_times: dict[str, float] = {}
                 steps = _plan(job, opts.batch_size, plan_times)
 

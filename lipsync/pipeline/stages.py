@@ -81,8 +81,9 @@ class CompositeSpec:
     align: str = "template"  # lipsync.face.aligner.ALIGN_MODES
 
 
-def composite_spec_of(profile) -> CompositeSpec:
-    mode = profile.composite
+def composite_spec_of(profile, mode: str | None = None) -> CompositeSpec:
+    """``mode``: a job's ``composite`` option; None means the profile's."""
+    mode = profile.composite if mode is None else mode
     if mode not in COMPOSITE_MODES:
         raise ValueError(f"profile {profile.name!r}: composite must be one of {COMPOSITE_MODES}, got {mode!r}")
     return CompositeSpec(mode, regen_mask_of(profile), str(getattr(profile, "align", "template")))
