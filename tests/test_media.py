@@ -451,6 +451,18 @@ def test_truncated_mp4_is_corrupt(tmp_path, media_kit, faststart):
     _raises(CorruptMediaError, lambda p: iter_frames(p), str(cut))
 
 
+def test_truncated_mkv_is_corrupt(tmp_path, media_kit):
+    """Matroska states each stream's length only in a DURATION tag; a cut file decodes without an
+    error, so that tag is what shows it short. An uncut one reads whole."""
+    full = media_kit.write_video(tmp_path / "full.mkv", 60, 25)
+    assert sum(1 for _ in iter_frames(full)) == 60
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(open(full, "rb").read()[: int(os.path.getsize(full) * 0.6)])
+    with pytest.raises(CorruptMediaError, match=r"cut\.mkv: truncated"):
+        for _ in iter_frames(str(cut)):
+            pass
+
+
 def test_empty_and_zero_duration_files(tmp_path):
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")

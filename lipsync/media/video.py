@@ -200,13 +200,26 @@ class _Source:
         Some truncated files end without a decoder error; time is compared rather than frame
         counts because MP4 edit lists make the header's sample count exceed the frames shown.
         """
-        if self.stream.duration and self.stream.time_base is not None:
-            announced = float(self.stream.duration * self.stream.time_base)
+        announced = _announced_seconds(self.stream)
+        if announced:
             if self.end < _TRUNCATED_SHARE * announced - 0.1:
                 raise CorruptMediaError(
                     self.name,
                     f"truncated: frames cover {self.end:.2f} s of the {announced:.2f} s announced",
                 )
+
+
+def _announced_seconds(stream) -> float | None:
+    """The video stream's length as its container states it: the stream's duration, or (Matroska,
+    which keeps none) the muxer's per-stream DURATION tag, e.g. ``00:00:02.400000000``."""
+    if stream.duration and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION") or (stream.metadata or {}).get("duration")
+    try:
+        h, m, sec = str(tag).split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except (TypeError, ValueError):
+        return None
 
 
 def _native(source: _Source) -> Iterator[VideoFrame]:
