@@ -18,6 +18,9 @@ import os
 
 SECONDS_ENV = "LIPSYNC_MAX_MEDIA_SECONDS"
 PIXELS_ENV = "LIPSYNC_MAX_PIXELS"
+# The built-in limits (lipsync.media.limits reads them from here).
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_SECONDS = 4 * 3600.0
 
 
 def _positive(kind):
@@ -38,10 +41,11 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     """``--max_seconds`` and ``--max_pixels`` (default None: the environment's, else built in)."""
     group = parser.add_argument_group("input limits (checked from each file's header, before decoding)")
     group.add_argument("--max_seconds", type=_positive(float), default=None, metavar="S",
-                       help=f"longest video or audio accepted, in seconds (default: ${SECONDS_ENV}, else 14400 = 4 h)")
+                       help=f"longest video or audio accepted, in seconds (default: ${SECONDS_ENV}, else "
+                            f"{DEFAULT_MAX_SECONDS:g} = {DEFAULT_MAX_SECONDS / 3600:g} h)")
     group.add_argument("--max_pixels", type=_positive(int), default=None, metavar="N",
                        help=f"largest frame or image accepted, width x height (default: ${PIXELS_ENV}, "
-                            "else 64000000)")
+                            f"else {DEFAULT_MAX_PIXELS})")
 
 
 def limit_env(args) -> dict[str, str]:

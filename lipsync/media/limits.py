@@ -16,9 +16,7 @@ import struct
 import zlib
 
 from lipsync.errors import MediaTooLargeError
-
-DEFAULT_MAX_PIXELS = 64_000_000
-DEFAULT_MAX_SECONDS = 4 * 3600.0
+from lipsync.input_limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SECONDS, PIXELS_ENV, SECONDS_ENV
 
 
 def _env_number(name: str, default: float) -> float:
@@ -35,11 +33,11 @@ def _env_number(name: str, default: float) -> float:
 
 
 def max_pixels() -> int:
-    return int(_env_number("LIPSYNC_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    return int(_env_number(PIXELS_ENV, DEFAULT_MAX_PIXELS))
 
 
 def max_seconds() -> float:
-    return _env_number("LIPSYNC_MAX_MEDIA_SECONDS", DEFAULT_MAX_SECONDS)
+    return _env_number(SECONDS_ENV, DEFAULT_MAX_SECONDS)
 
 
 def check_pixels(name: str, width: int | None, height: int | None, what: str = "frames") -> None:
