@@ -85,10 +85,10 @@ class GenerateOptions:
                                                    "deep features in between (0 = off)", kind="int",
                                              name="deepcache", minimum=0, maximum=1000)
     composite: str | None = _option(
-        None, "how the regenerated face goes back into the frame: person (the model's lower face, colour-matched, "
-              "the source's texture kept where the mouth did not change), person_warp (the person's own lips, "
-              "beard and skin moved into the mouth shape the model drew: looks most like the person, follows the "
-              "speech less on the measured clips) or latentsync (LatentSync's paste of the masked region)",
+        None, "how the regenerated face goes back into the frame: person_warp (the person's own lips, beard and "
+              "skin moved into the mouth shape the model drew, with its coarse shading and the inside of its "
+              "mouth), person (the model's lower face, colour-matched, the source's texture kept where the mouth "
+              "did not change) or latentsync (LatentSync's paste of the masked region)",
         kind="choice", choices=COMPOSITE_MODES)
     no_face: str | None = _option(
         None, "when no frame has a face: fail (error), or write the video, frames untouched, with the new "

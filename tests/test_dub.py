@@ -212,7 +212,7 @@ def _compare_batch_stages_with_generate(pipe, corpus, tmp_path):
                 shards.append(item)
     assert plans["a"].n_shards == 2 and plans["a"].n_src == 20 and plans["a"].n_out == 30
     # a row's composite option, else the profile's
-    assert plans["a"].composite.mode == "person" and plans["c"].composite.mode == "latentsync"
+    assert plans["a"].composite.mode == "person_warp" and plans["c"].composite.mode == "latentsync"
     denoise_shards(pipe.stage_denoiser, shards, max_batch=4)  # windows of both videos in one pass
     res = {t.id: finish_video(plans[t.id], [s for s in shards if s.id == t.id], str(tmp_path / "out")) for t in tasks}
     assert res["a"].frames == 30 and res["a"].frames_with_face == 30

@@ -101,21 +101,21 @@ def test_same_seed_same_output(pipe, clips, tmp_path):
 
 
 def test_composite_option_overrides_the_profile(pipe, clips, tmp_path):
-    """`--composite`: the profile's mode when not given (person for the bundled model), another
+    """`--composite`: the profile's mode when not given (person_warp for the bundled model), another
     paste when asked; only the face differs between them."""
     video, audio = str(clips / "a" / "video.mp4"), str(clips / "a" / "audio.wav")
     out = {}
-    for mode in (None, "person", "latentsync"):
+    for mode in (None, "person_warp", "latentsync"):
         path = tmp_path / f"{mode}.mp4"
         pipe(str(path), video=video, audio=audio, options=GenerateOptions(num_steps=2, composite=mode))
         out[mode] = frames_of(path)
-    assert all(np.array_equal(x, y) for x, y in zip(out[None], out["person"]))
+    assert all(np.array_equal(x, y) for x, y in zip(out[None], out["person_warp"]))
     lm = load_landmarks(clips / "a")
     j = 20
     x0, y0, x1, y1 = face_box(lm[j])
-    face = np.zeros(out["person"][j].shape[:2], bool)
+    face = np.zeros(out["latentsync"][j].shape[:2], bool)
     face[max(y0, 0):y1, max(x0, 0):x1] = True
-    diff = absdiff(out["person"][j], out["latentsync"][j])
+    diff = absdiff(out["person_warp"][j], out["latentsync"][j])
     assert diff[face].mean() > 4 * diff[~face].mean() and diff[face].mean() > 1.0
 
 

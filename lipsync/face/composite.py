@@ -89,6 +89,10 @@ PERSON_PIXELS = True
 WARP_GAIN = 1.5  # the moves the mesh reads, scaled (it reads about 2/3 of a blurred mouth's)
 INSIDE_LO, INSIDE_HI = 10.0, 30.0
 INSIDE = "inner"  # or "dark" (mouth_inside)
+# person_warp: the moved source alone lost SyncNet confidence (the mesh reads a blurred opening
+# short): the model's coarse shape (its wide low-pass minus the moved source's, where the two differ)
+# is added back outside the mouth's inside. Wide, so the source's own mid-band detail stays.
+WARP_SHAPE = 1.0
 INSIDE_BLUR = 0.015
 
 
@@ -389,8 +393,9 @@ def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points:
     lg = cv2.GaussianBlur(g, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     ls = cv2.GaussianBlur(s, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     wide = CHANGE_SCALE * sigma
-    change = np.abs(_luma(cv2.GaussianBlur(lg, (0, 0), wide, borderType=cv2.BORDER_REFLECT))
-                    - _luma(cv2.GaussianBlur(ls, (0, 0), wide, borderType=cv2.BORDER_REFLECT)))
+    wg = cv2.GaussianBlur(lg, (0, 0), wide, borderType=cv2.BORDER_REFLECT)
+    ws = cv2.GaussianBlur(ls, (0, 0), wide, borderType=cv2.BORDER_REFLECT)
+    change = np.abs(_luma(wg) - _luma(ws))
     a_c = np.clip((change - CHANGE_LO) / (CHANGE_HI - CHANGE_LO), 0.0, 1.0)
     a_c = cv2.GaussianBlur(a_c, (0, 0), 2.0 * sigma, borderType=cv2.BORDER_REFLECT)
     # A fixed mouth mask here would throw away the source's lip texture whenever the mouth keeps its
@@ -402,6 +407,8 @@ def composite_person(image: np.ndarray, crop: np.ndarray, M: np.ndarray, points:
     else:  # the person's own pixels, moved into the generated shape; the model's inside of the mouth
         a_i = (np.clip(back(inner, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT), 0.0, 1.0) * a_p)[..., None]
         blended = s + a_i * (g - s)
+        if WARP_SHAPE > 0:
+            blended = blended + (1.0 - a_i) * WARP_SHAPE * ahf * (wg - ws)
     if np.issubdtype(roi.dtype, np.integer):
         info = np.iinfo(roi.dtype)
         blended = np.clip(np.rint(blended), info.min, info.max)
