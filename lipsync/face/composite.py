@@ -22,9 +22,10 @@ changes and takes everything else from the source frame:
   generated crop's own mesh points from :class:`lipsync.face.crop_mesh.CropMesh`): the source is moved by a thin-plate
   spline so that its jaw and lips land where the model put them (:func:`shape_warp`), and the
   region shows that moved source (the person's lips, beard, skin and, below the jaw, neck),
-  with the model's pixels only inside the mouth where they are darker than the moved source (an
-  opening the source does not have: :func:`mouth_inside`). A jaw the model closes thus leaves no
-  second chin, and a low-resolution model no blur. Without ``gen_points`` (no face found on the
+  with the model's pixels inside its inner lips (:func:`mouth_inside`) and, elsewhere, the model's
+  coarse shape added where it still differs from the moved source (``WARP_SHAPE``: an opening the
+  mesh read short). A jaw the model closes thus leaves no second chin, and a low-resolution model
+  no blur. The bundled model's mode. Without ``gen_points`` (no face found on the
   crop) or with ``PERSON_PIXELS`` off, the blend below applies.
 * **Texture**: at frame resolution, the generated image contributes its low frequencies everywhere
   in the region (the jaw and lip shape) and its high frequencies only where its shape differs from
@@ -45,9 +46,6 @@ from lipsync.face import landmarks as lmk
 from lipsync.face.align import DEFAULT_INTERPOLATION, _resample_matrix, _to3, invert, warp_landmarks, warp_to_crop
 from lipsync.face.mask import feather
 from lipsync.options import COMPOSITE_MODES  # noqa: F401  (declared with the options; re-exported here)
-
-# person_warp (person, plus the generated crop's own mesh, gen_points: the person's pixels moved into
-# the model's shape) is not the default: on the measured runs it lost sync (model card).
 
 # The mesh points the composite needs, in this order; crop_points() returns them.
 _JAW = tuple(lmk.JAW[2:-2])  # cheek at nose height, over the chin, to the other cheek
