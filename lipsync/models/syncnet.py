@@ -355,33 +355,6 @@ def make_pairs(clips: Sequence, batch_size: int, config: SyncNetConfig | None = 
     return torch.stack(frames), torch.stack(mels), torch.tensor(labels, dtype=torch.float32)
 
 
-def augment_frames(frames: torch.Tensor, rng: np.random.Generator, *, flip: float = 0.0, colour: float = 0.0,
-                   shift: int = 0) -> torch.Tensor:
-    """Label-preserving changes of a batch of windows (B, F, 3, h, w) in [-1, 1], one draw per window
-    (all its frames alike, so the motion is untouched): mirrored left-right with probability
-    ``flip``; brightness, contrast and per-channel gain moved by up to ``colour`` (fractions);
-    shifted by up to ``shift`` pixels each way (edges repeated)."""
-    out = frames.clone()
-    b = frames.shape[0]
-    for i in range(b):
-        x = out[i]
-        if flip and rng.random() < flip:
-            x = x.flip(-1)
-        if colour:
-            gain = torch.as_tensor(1.0 + rng.uniform(-colour / 2, colour / 2, 3), dtype=x.dtype).view(1, 3, 1, 1)
-            contrast = float(1.0 + rng.uniform(-colour, colour))
-            bright = float(rng.uniform(-colour, colour))
-            mean = x.mean()
-            x = ((x - mean) * contrast + mean + bright) * gain
-        if shift:
-            dy, dx = (int(v) for v in rng.integers(-shift, shift + 1, 2))
-            h, w = x.shape[-2:]
-            pad = torch.nn.functional.pad(x, (shift, shift, shift, shift), mode="replicate")
-            x = pad[..., shift + dy:shift + dy + h, shift + dx:shift + dx + w]
-        out[i] = x.clamp(-1.0, 1.0)
-    return out
-
-
 def fit_quick(clips: Sequence, config: SyncNetConfig | None = None, *, seconds: float = 30.0,
               max_steps: int | None = None, batch_size: int = 32, lr: float = 5e-4, seed: int = 0,
               min_shift: int = 2, max_shift: int | None = 15, other_clip: float = 0.2,

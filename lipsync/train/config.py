@@ -20,9 +20,6 @@ DEFAULTS: dict = {
     "init_from": None,  # a model folder (our format): weights of the parts this recipe does not train
     "syncnet": None,  # folder of a trained SyncNet (stage 2's supervisor; the SyncNet recipe's start)
     "syncnet_config": {},  # recipe syncnet: SyncNetConfig fields (num_frames, image_size, ...)
-    # recipe syncnet, training batches only (lipsync.models.syncnet.augment_frames): few real people
-    # to learn from, so the same mouth under other light, colour, side and framing
-    "syncnet_augment": {"flip": 0.0, "colour": 0.0, "shift": 0},
     "export_dir": None,  # default <save_dir>/<name>/model
     "teacher": None,  # recipe distill: the teacher model folder (None: the profile's weights, e.g. the bundled tiny)
     # recipe distill (lipsync/train/recipes/distill.py); the student starts from init_from, else the teacher

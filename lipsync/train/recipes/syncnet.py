@@ -54,12 +54,6 @@ class SyncNetRecipe(Recipe):
     def next_batch(self, sampler) -> dict:
         k = max(2, int(self.cfg["data"]["batch_size"]) // 4)
         frames, mel, labels = self._pairs(sampler.random_segments(k), sampler.rng)
-        aug = self.cfg["syncnet_augment"] or {}
-        if aug.get("flip") or aug.get("colour") or aug.get("shift"):
-            from lipsync.models.syncnet import augment_frames
-
-            frames = augment_frames(frames, sampler.rng, flip=float(aug.get("flip") or 0),
-                                    colour=float(aug.get("colour") or 0), shift=int(aug.get("shift") or 0))
         return {"frames": frames, "mel": mel, "labels": labels}
 
     def val_batches(self, segments, count):
