@@ -97,6 +97,36 @@ def test_the_mouth_comes_from_the_model(face, mesh):
     assert inner < 0.5 * before
 
 
+def test_an_opening_the_mesh_reads_short_still_shows(face, monkeypatch):
+    """person_warp: where the mesh under-reads the generated mouth (here it sees the source's lips,
+    the jaw 2 px higher), the moved source alone hides the model's opening; the model's coarse shape
+    (WARP_SHAPE) brings it back, and leaves the face away from the mouth alone."""
+    img, lm, m, crop = face
+    pts = crop_points(lm, m)
+    cx, cy = pts[C._L].mean(axis=0)
+    generated = crop.copy()
+    opening = np.zeros((SIZE, SIZE), np.uint8)
+    cv2.ellipse(opening, (int(cx), int(cy + 4)), (13, 11), 0, 0, 360, 1, -1)
+    generated[opening > 0] = (20, 10, 10)
+    gen_pts = pts.copy()
+    gen_pts[C._J, 1] -= 2.0  # a warp to run, but no opening read
+    paste, _ = region_masks(pts, SIZE, lower_face_mask(SIZE), gen_pts)
+    inner = C._dilate(C._hull_mask(gen_pts[C._I].astype(np.float64), SIZE), 0.03 * SIZE) > 0
+    ring = (opening > 0) & (paste > 0.9) & ~inner  # the opening beyond the inner lips the mesh read
+    assert ring.sum() > 60
+    cheek = (slice(int(cy) - 4, int(cy) + 4), slice(int(cx) - 30, int(cx) - 22))
+    means, cheeks = {}, {}
+    for shape in (0.0, 1.0):
+        monkeypatch.setattr(C, "WARP_SHAPE", shape)
+        out = composite_person(img, generated, m, pts, lower_face_mask(SIZE), gen_points=gen_pts)
+        back = cv2.warpAffine(out, m, (SIZE, SIZE), flags=cv2.INTER_AREA).astype(float)
+        means[shape], cheeks[shape] = back[ring].mean(), back[cheek]
+    before = crop[ring].astype(float).mean()
+    assert means[0.0] > 0.8 * before, (before, means)  # the source's lips and skin, moved
+    assert means[1.0] < 0.6 * means[0.0], (before, means)
+    assert np.abs(cheeks[1.0] - cheeks[0.0]).max() <= 2.0  # rounding of the resampled output
+
+
 def test_region_masks_stay_in_the_regenerated_region(face):
     img, lm, m, crop = face
     regen = lower_face_mask(SIZE)
