@@ -81,17 +81,18 @@ JAW_FOLLOW_MAX = 0.12
 JAW_FOLLOW_BAND = 0.25
 JAW_FOLLOW_MARGIN = 0.02  # the region then ends this far below the generated jaw (plus REGION_GROW)
 # With the generated face's points the region shows the person's own pixels moved into the generated
-# shape, and the model's pixels only inside the mouth where they are darker (an opening) by
-# INSIDE_LO..INSIDE_HI grey levels, judged on low-passes INSIDE_BLUR of the crop wide.
+# shape, and the model's pixels inside the mouth (mouth_inside): its whole inner lip contour
+# ("inner"), or within its outer lips where darker than the moved source by INSIDE_LO..INSIDE_HI
+# grey levels ("dark"), judged on low-passes INSIDE_BLUR of the crop wide.
 PERSON_PIXELS = True
 WARP_GAIN = 1.5  # the moves the mesh reads, scaled (it reads about 2/3 of a blurred mouth's)
+INSIDE = "inner"
 INSIDE_LO, INSIDE_HI = 10.0, 30.0
-INSIDE = "inner"  # or "dark" (mouth_inside)
-# person_warp: the moved source alone lost SyncNet confidence (the mesh reads a blurred opening
-# short): the model's coarse shape (its wide low-pass minus the moved source's, where the two differ)
-# is added back outside the mouth's inside. Wide, so the source's own mid-band detail stays.
-WARP_SHAPE = 1.0
 INSIDE_BLUR = 0.015
+# The moved source alone lost SyncNet confidence (the mesh reads a blurred opening short): the
+# model's coarse shape (its wide low-pass minus the moved source's, where the two differ) is added
+# back outside the mouth's inside. Wide, so the source's own mid-band detail stays.
+WARP_SHAPE = 1.0
 
 
 class Appearance:

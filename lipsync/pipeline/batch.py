@@ -171,8 +171,9 @@ class PrepareVideo:
         if task.audio is None:  # synthesised speech: small, and costly to make again
             native, rate = driving.native, driving.native_rate
         notes = job.notes() + ([NO_FACE_NOTE] if no_face else [])
+        composite = composite_spec_of(self.profile, task.options.composite)
         yield VideoPlan(task, n_out, int(job.frames.n_src or 0), task.image is not None, matrices, points, n_shards,
-                        job.planner.overlap, composite_spec_of(self.profile, task.options.composite), with_face, native, rate, notes,
+                        job.planner.overlap, composite, with_face, native, rate, notes,
                         time.perf_counter() - t0 + spent, no_face=no_face)
 
 

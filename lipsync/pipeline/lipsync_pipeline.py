@@ -165,7 +165,7 @@ class LipSyncPipeline:
         self.dtype = pick_dtype(dtype, self.device)
         components.to(self.device, self.dtype)
         self.regen_mask = regen_mask_of(self.profile)
-        self.composite = composite_spec_of(self.profile)
+        composite_spec_of(self.profile)  # a bad profile composite fails here, at load, not in every job
         self.setup = JobSetup(self.profile, components.audio_encoder)
         self.stage_denoiser = Denoiser(components, self.device, self.dtype, self.regen_mask)
 
